@@ -1,0 +1,54 @@
+"""Saving and loading models: atomic writes, weights_only loads, and a config check on every load."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from stages.data import Dataset
+from stages.io import atomic_path
+from stages.model import Net, build_model
+from stages.params import Params
+
+
+class CheckpointError(RuntimeError):
+    """A saved model is missing, unreadable, or of another norm/architecture than expected."""
+
+
+def model_config(params: Params, norm: str, ds: Dataset) -> dict:
+    """Everything needed to rebuild the architecture; stored with the weights and checked on load."""
+    return {"norm": norm, "widths": list(params.model.widths), "depth": params.model.depth,
+            "gn_groups": params.model.gn_groups, "in_channels": int(ds.x_train.shape[1]),
+            "classes": len(ds.classes)}
+
+
+def new_model(config: dict, mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> Net:
+    return build_model(config["norm"], tuple(config["widths"]), config["depth"], config["gn_groups"],
+                       config["in_channels"], config["classes"], mean, std)
+
+
+def save(path: Path, payload: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load(path: Path) -> dict:
+    """torch.load with weights_only=True: plain tensors and containers only, no code runs from the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing: run its training stage first (dvc repro)") from None
+    except Exception as e:  # pickle/zip errors of a corrupt or foreign file
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+
+
+def load_model(path: Path, expect: dict) -> Net:
+    """The model saved at path, refused unless its config equals `expect` (same norm and architecture)."""
+    ckpt = load(path)
+    config = ckpt.get("config") if isinstance(ckpt, dict) else None
+    if config != expect:
+        raise CheckpointError(f"{path} holds a model with config {config}, but params.yaml and the data "
+                              f"ask for {expect}; re-run its training stage (dvc repro)")
+    model = new_model(config)
+    model.load_state_dict(ckpt["state_dict"])
+    return model

@@ -1,0 +1,117 @@
+"""The one residual CNN shared by every normalization, and the `make_norm` factory.
+
+Only the normalization layer differs between the BN, GN and LN models, so the comparison is fair.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMS = ("bn", "gn", "ln")
+MAX_PARAMS = 50_000  # the budget every norm's model must stay under
+
+
+def make_norm(kind: str, channels: int, gn_groups: int = 8) -> nn.Module:
+    """Build the normalization layer for `channels` feature maps.
+
+    bn: BatchNorm2d, statistics over (N, H, W) per channel; running averages at test time.
+    gn: GroupNorm(gn_groups, C), statistics per sample over (C/G, H, W) of each group.
+    ln: GroupNorm(1, C): per sample over all of (C, H, W), the LayerNorm of a conv net. We do not use
+        nn.LayerNorm([C, H, W]) because its affine weights would be per pixel (tied to the image size and
+        many more parameters); GroupNorm(1, C) keeps one scale and shift per channel like BN and GN.
+    """
+    if kind == "bn":
+        return nn.BatchNorm2d(channels)
+    if kind == "gn":
+        if gn_groups < 1 or channels % gn_groups:
+            raise ValueError(f"gn_groups={gn_groups} must be >= 1 and divide the channel count {channels}")
+        return nn.GroupNorm(gn_groups, channels)
+    if kind == "ln":
+        return nn.GroupNorm(1, channels)
+    raise ValueError(f"unknown norm {kind!r}: expected one of {', '.join(NORMS)}")
+
+
+class ConvNormAct(nn.Sequential):
+    """3x3 conv (no bias: the norm's shift replaces it), optional 2x2 max-pool, norm, GELU."""
+
+    def __init__(self, c_in: int, c_out: int, norm: str, gn_groups: int, pool: bool):
+        layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)]
+        if pool:
+            layers.append(nn.MaxPool2d(2))
+        layers += [make_norm(norm, c_out, gn_groups), nn.GELU()]
+        super().__init__(*layers)
+
+
+class Residual(nn.Module):
+    """x + f(x): the skip connection that makes the net residual."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.inner(x)
+
+
+class DownStage(nn.Module):
+    """conv + max-pool + norm + GELU, plus a parameter-free shortcut (ResNet "option A"): the pooled input,
+    zero-padded from c_in to c_out channels. Residual at no parameter cost, which matters under 50k."""
+
+    def __init__(self, c_in: int, c_out: int, norm: str, gn_groups: int):
+        super().__init__()
+        if c_out < c_in:
+            raise ValueError(f"widths must not decrease (got {c_in} -> {c_out})")
+        self.main = ConvNormAct(c_in, c_out, norm, gn_groups, pool=True)
+        self.pool = nn.MaxPool2d(2)
+        self.extra = c_out - c_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x) + F.pad(self.pool(x), (0, 0, 0, 0, 0, self.extra))
+
+
+class Net(nn.Module):
+    """Input (N, C, H, W) uint8-range floats -> logits (N, classes).
+
+    stem conv at full resolution, then per width in `widths[1:]` one residual down-sampling stage
+    (conv + max-pool halving H and W + norm + GELU, with a pooled shortcut), followed by `depth`
+    residual conv-norm-GELU blocks.
+    Global max-pool and a linear classifier close it.
+    """
+
+    def __init__(self, norm: str, widths: tuple[int, ...], depth: int, in_channels: int,
+                 classes: int, gn_groups: int, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        # Per-channel input statistics (shape (C,)) are buffers so a checkpoint is self-contained.
+        self.register_buffer("mean", mean.reshape(1, -1, 1, 1).float())
+        self.register_buffer("std", std.reshape(1, -1, 1, 1).float())
+        layers: list[nn.Module] = [ConvNormAct(in_channels, widths[0], norm, gn_groups, pool=False)]
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            layers.append(DownStage(c_in, c_out, norm, gn_groups))
+            layers += [Residual(ConvNormAct(c_out, c_out, norm, gn_groups, pool=False)) for _ in range(depth)]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(widths[-1], classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features((x - self.mean) / self.std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.forward_features(x)
+        return self.head(torch.amax(f, dim=(2, 3)))
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_model(norm: str, widths: tuple[int, ...], depth: int, gn_groups: int, in_channels: int = 3,
+                classes: int = 10, mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> Net:
+    """Build the net and enforce the parameter budget (raises ValueError naming the widths)."""
+    mean = torch.zeros(in_channels) if mean is None else mean
+    std = torch.ones(in_channels) if std is None else std
+    model = Net(norm, tuple(widths), depth, in_channels, classes, gn_groups, mean, std)
+    n = count_params(model)
+    if n >= MAX_PARAMS:
+        raise ValueError(f"model.widths={list(widths)} with model.depth={depth} gives {n:,} parameters "
+                         f"for norm {norm!r}; the budget is under {MAX_PARAMS:,}")
+    return model

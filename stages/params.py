@@ -1,0 +1,149 @@
+"""params.yaml -> small frozen dataclasses, with every bad key or value rejected by name."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from stages.model import NORMS
+
+MAX_EPOCHS = 20  # the budget of the comparison
+
+
+class ParamsError(ValueError):
+    """params.yaml is wrong; the message names the key."""
+
+
+def _require(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ParamsError(f"params.yaml: {key}: {msg}")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: str  # cifar10-jpeg | cifar10 | digits | path or URL of an image-folder archive/directory
+
+    def __post_init__(self):
+        _require(bool(self.source.strip()), "data.source", "must not be empty")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    widths: tuple[int, ...]  # stem width, then one width per down-sampling stage
+    depth: int  # residual blocks per stage
+    gn_groups: int  # GroupNorm groups (GN model only)
+
+    def __post_init__(self):
+        _require(len(self.widths) >= 2 and all(w > 0 for w in self.widths), "model.widths",
+                 f"must be a list of at least two positive ints, got {list(self.widths)}")
+        _require(self.depth >= 0, "model.depth", f"must be >= 0, got {self.depth}")
+        _require(self.gn_groups >= 1 and all(w % self.gn_groups == 0 for w in self.widths), "model.gn_groups",
+                 f"{self.gn_groups} must be >= 1 and divide every width in model.widths={list(self.widths)}")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    warmup: float
+    label_smoothing: float
+    crop_pad: int
+    cutout: int
+    l1: float
+    bf16: bool
+    tta_flip: bool
+
+    def __post_init__(self):
+        _require(0 < self.epochs <= MAX_EPOCHS, "train.epochs", f"must be in 1..{MAX_EPOCHS}, got {self.epochs}")
+        _require(self.batch_size > 0, "train.batch_size", f"must be > 0, got {self.batch_size}")
+        _require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _require(0 <= self.momentum < 1, "train.momentum", f"must be in [0, 1), got {self.momentum}")
+        _require(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(0 <= self.warmup < 1, "train.warmup", f"must be in [0, 1), got {self.warmup}")
+        _require(0 <= self.label_smoothing < 1, "train.label_smoothing",
+                 f"must be in [0, 1), got {self.label_smoothing}")
+        _require(self.crop_pad >= 0, "train.crop_pad", f"must be >= 0, got {self.crop_pad}")
+        _require(self.cutout >= 0, "train.cutout", f"must be >= 0, got {self.cutout}")
+        _require(self.l1 >= 0, "train.l1", f"must be >= 0, got {self.l1}")
+
+
+@dataclass(frozen=True)
+class Params:
+    norm: str  # the model the pipeline reports as its result
+    seed: int
+    data: DataParams
+    model: ModelParams
+    train: TrainParams
+
+    def __post_init__(self):
+        _require(self.norm in NORMS, "norm", f"must be one of {', '.join(NORMS)}, got {self.norm!r}")
+
+
+def _convert(value, typ, key: str):
+    """Check one YAML value against a field type (int, float, bool, str, tuple[int, ...])."""
+    if typing.get_origin(typ) is tuple:
+        _require(isinstance(value, list), key, f"must be a list, got {value!r}")
+        return tuple(_convert(v, typing.get_args(typ)[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if typ is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        _require(ok, key, f"must be a number, got {value!r}")
+        return float(value)
+    if typ is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
+    else:
+        _require(isinstance(value, typ), key, f"must be a {typ.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, raw, prefix: str = ""):
+    """Build dataclass `cls` from a dict, rejecting unknown and missing keys by their dotted name."""
+    where = prefix.rstrip(".") or "top level"
+    _require(isinstance(raw, dict), where, f"must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    _require(not unknown, ", ".join(prefix + str(k) for k in unknown), f"unknown key; expected keys in {where}: "
+             f"{', '.join(names)}")
+    missing = [n for n in names if n not in raw]
+    _require(not missing, ", ".join(prefix + n for n in missing), "missing")
+    values = {}
+    for name in names:
+        typ = hints[name]
+        if dataclasses.is_dataclass(typ):
+            values[name] = _build(typ, raw[name], f"{prefix}{name}.")
+        else:
+            values[name] = _convert(raw[name], typ, prefix + name)
+    return cls(**values)
+
+
+def parse_params(raw: dict) -> Params:
+    params = _build(Params, raw)
+    check_budget(params.model)
+    return params
+
+
+def check_budget(model: ModelParams) -> None:
+    """Every norm's model must fit the parameter budget (builds them: a few ms)."""
+    from stages.model import build_model
+    for norm in NORMS:
+        try:
+            build_model(norm, model.widths, model.depth, model.gn_groups)
+        except ValueError as e:
+            raise ParamsError(f"params.yaml: model: {e}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path} not found: run from the project root") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path} is not valid YAML: {e}") from None
+    return parse_params(raw)

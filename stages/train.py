@@ -1,0 +1,125 @@
+"""Stages `train_bn`, `train_gn`, `train_ln`: `python -m stages.train <norm>` trains one normalization.
+
+Writes models/<norm>.pt (DVC-cached), plots/train/<norm>.csv (per-epoch log) and metrics/train_<norm>.json.
+After every epoch a resume checkpoint goes to checkpoints/<norm>.pt; a re-run with the same params continues
+from it, a re-run with other params starts afresh.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import platform
+import time
+
+import torch
+
+from stages import cli, paths
+from stages.data import Dataset, load_dataset
+from stages.checkpoint import CheckpointError, load, model_config, new_model, save
+from stages.io import write_csv, write_json
+from stages.model import NORMS, count_params
+from stages.params import Params, load_params
+from stages.trainer import Split, fit, pick_device
+
+
+def fingerprint(params: Params, norm: str, ds: Dataset) -> str:
+    """Identifies a training run: what it reads (seed, model, train) plus the norm and the data."""
+    relevant = {"norm": norm, "seed": params.seed, "model": dataclasses.asdict(params.model),
+                "train": dataclasses.asdict(params.train), "data": ds.meta.get("fingerprint_sha256") or
+                ds.meta.get("md5")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def to_splits(ds: Dataset, device: torch.device) -> tuple[Split, Split]:
+    def split(x, y):
+        return Split(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
+    return split(ds.x_train, ds.y_train), split(ds.x_test, ds.y_test)
+
+
+def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (shape (C,)) of uint8 images (N, C, H, W), in pixel units."""
+    xf = x.float()
+    return xf.mean(dim=(0, 2, 3)).cpu(), xf.std(dim=(0, 2, 3)).clamp_min(1.0).cpu()
+
+
+def train_norm(norm: str, params: Params, ds: Dataset, device: torch.device) -> dict:
+    """Train one norm (resuming if a matching checkpoint exists); writes log, model, metrics."""
+    run_id = fingerprint(params, norm, ds)
+    torch.manual_seed(params.seed)
+    gen = torch.Generator(device=device).manual_seed(params.seed)
+    train, test = to_splits(ds, device)
+    config = model_config(params, norm, ds)
+    model = new_model(config, *channel_stats(train.x)).to(device, memory_format=torch.channels_last)
+    rows, start, opt_state, elapsed = [], 0, None, 0.0
+    resume = load_resume(norm, run_id)
+    if resume is not None:
+        model.load_state_dict(resume["state_dict"])
+        gen.set_state(resume["gen_state"])
+        torch.set_rng_state(resume["torch_rng"])
+        rows, start, opt_state, elapsed = resume["rows"], resume["epoch"], resume["opt_state"], resume["elapsed"]
+        print(f"{norm}: resuming after epoch {start} from {paths.checkpoint_path(norm)}")
+    t0 = time.perf_counter() - elapsed
+
+    def on_epoch(epoch: int, row: dict, opt_state: dict) -> None:
+        rows.append(row)
+        print(f"{norm} epoch {epoch}/{params.train.epochs}: train acc {row['train_acc']:.4f} "
+              f"test acc {row['test_acc']:.4f} ({row['seconds']:.1f} s)", flush=True)
+        write_csv(paths.train_log(norm), rows)
+        save(paths.checkpoint_path(norm), {
+            "run_id": run_id, "epoch": epoch, "rows": rows, "state_dict": model.state_dict(),
+            "opt_state": opt_state, "gen_state": gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "elapsed": time.perf_counter() - t0})
+
+    fit(model, train, test, params.train, gen, on_epoch, start, opt_state, desc=norm)
+    wall = time.perf_counter() - t0
+    save(paths.model_path(norm), {"config": config, "state_dict": model.state_dict()})
+    last = rows[-1]
+    metrics = {"train_loss": last["train_loss"], "train_acc": last["train_acc"], "test_loss": last["test_loss"],
+               "test_acc": last["test_acc"], "params": count_params(model), "epochs": len(rows),
+               "wall_seconds": wall, "seconds_per_epoch": sum(r["seconds"] for r in rows) / len(rows),
+               "device": device_name(device)}
+    write_json(paths.train_metrics(norm), metrics)
+    paths.checkpoint_path(norm).unlink(missing_ok=True)
+    return metrics
+
+
+def load_resume(norm: str, run_id: str) -> dict | None:
+    """The resume checkpoint of this exact run, or None (a stale one from other params is removed)."""
+    path = paths.checkpoint_path(norm)
+    if not path.exists():
+        return None
+    try:
+        ckpt = load(path)
+    except CheckpointError as e:  # e.g. cut off while written by an older version: start afresh
+        print(f"{norm}: ignoring {e}")
+        ckpt = None
+    if ckpt is None or ckpt.get("run_id") != run_id:
+        if ckpt is not None:
+            print(f"{norm}: params or data changed since {path} was written; training from scratch")
+        path.unlink()
+        return None
+    return ckpt
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("norm", choices=NORMS)
+    norm = parser.parse_args(argv).norm
+    params = load_params(paths.PARAMS)
+    ds = load_dataset(paths.PREPARED)
+    device = pick_device()
+    metrics = train_norm(norm, params, ds, device)
+    print(f"{norm}: test accuracy {metrics['test_acc']:.4f} after {metrics['epochs']} epochs "
+          f"({metrics['wall_seconds']:.0f} s on {metrics['device']})")
+
+
+if __name__ == "__main__":
+    cli.run(main)

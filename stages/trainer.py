@@ -1,0 +1,157 @@
+"""One training function for every normalization: the recipe is data (a TrainParams), the norm is a string."""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from stages.augment import cutout, random_crop_flip
+from stages.params import TrainParams
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training diverged: the loss became NaN or inf."""
+
+
+@dataclass
+class Split:
+    """Images as uint8 (N, C, H, W) and labels as int64 (N,), both on the training device."""
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+def pick_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast where it helps (CPU with AMX, CUDA); a no-op context otherwise."""
+    if bf16 and device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on conv/linear weights only; norm scales/shifts and biases are left undecayed."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def l1_penalty(model: nn.Module) -> torch.Tensor:
+    """Sum of |w| over conv and linear weights (the tensors with ndim > 1)."""
+    return sum(p.abs().sum() for p in model.parameters() if p.ndim > 1)
+
+
+def one_cycle(step: int, total: int, warmup: float) -> float:
+    """LR multiplier: linear warm-up from 0.1 to 1 over `warmup` of the steps, then linear decay to 0."""
+    warm = max(1, round(warmup * total))
+    if step < warm:
+        return 0.1 + 0.9 * step / warm
+    return max(0.0, (total - step) / max(1, total - warm))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainParams, steps_total: int):
+    opt = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
+                          nesterov=cfg.momentum > 0)  # Nesterov needs momentum
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: one_cycle(s, steps_total, cfg.warmup))
+    return opt, sched
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int, tta_flip: bool, bf16: bool) -> torch.Tensor:
+    """Logits (N, classes) in fp32 for uint8 images x; with tta_flip, the mean of image and mirror logits."""
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].float()
+        with autocast(x.device, bf16):
+            logits = model(xb).float()
+            if tta_flip:
+                logits = 0.5 * (logits + model(xb.flip(3)).float())
+        out.append(logits)
+    return torch.cat(out)
+
+
+def evaluate_split(model: nn.Module, split: Split, cfg: TrainParams, tta_flip: bool) -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy) of the model on a split."""
+    logits = predict(model, split.x, cfg.batch_size, tta_flip, cfg.bf16)
+    loss = F.cross_entropy(logits, split.y).item()
+    acc = (logits.argmax(1) == split.y).float().mean().item()
+    return loss, acc
+
+
+def train_epoch(model: nn.Module, data: Split, cfg: TrainParams, opt, sched, gen: torch.Generator,
+                epoch: int, desc: str = "train") -> tuple[float, float]:
+    """One pass over the augmented, shuffled training set. Returns (mean train loss, train accuracy)."""
+    model.train()
+    x = cutout(random_crop_flip(data.x, cfg.crop_pad, gen), cfg.cutout, gen)
+    order = torch.randperm(len(x), generator=gen, device=x.device)
+    bs = min(cfg.batch_size, len(x))
+    steps = len(x) // bs  # drop the last partial batch: BN needs more than one sample per batch
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device)
+    for step in tqdm(range(steps), desc=f"{desc} epoch {epoch}/{cfg.epochs}", leave=False, disable=None):
+        idx = order[step * bs:(step + 1) * bs]
+        xb = x[idx].float()
+        yb = data.y[idx]
+        with autocast(x.device, cfg.bf16):
+            logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+        total = loss + cfg.l1 * l1_penalty(model) if cfg.l1 > 0 else loss
+        if not torch.isfinite(total):
+            raise NonFiniteLoss(f"loss became {total.item()} at epoch {epoch}, step {step + 1}/{steps}; "
+                                f"lower train.lr or check the data")
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        sched.step()
+        loss_sum += loss.detach() * bs
+        correct += (logits.argmax(1) == yb).sum()
+    n = steps * bs
+    return loss_sum.item() / n, correct.item() / n
+
+
+EpochHook = Callable[[int, dict, dict], None]
+
+
+def fit(model: nn.Module, train: Split, test: Split, cfg: TrainParams, gen: torch.Generator,
+        on_epoch: EpochHook | None = None, start_epoch: int = 0, opt_state: dict | None = None,
+        desc: str = "train") -> list[dict]:
+    """Train for epochs start_epoch+1 .. cfg.epochs; returns one row per epoch trained here
+    (epoch, train/test loss and accuracy, lr at the epoch's start, seconds of training).
+
+    `on_epoch(epoch, row, opt_state)` runs after each finished epoch (logs, resume checkpoints);
+    `opt_state` ({"opt", "sched"} state dicts) passed back in lets an interrupted run continue exactly.
+    """
+    steps_per_epoch = len(train.x) // min(cfg.batch_size, len(train.x))
+    opt, sched = make_optimizer(model, cfg, cfg.epochs * steps_per_epoch)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state["opt"])
+        sched.load_state_dict(opt_state["sched"])
+    rows = []
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        lr = opt.param_groups[0]["lr"]
+        train_loss, train_acc = train_epoch(model, train, cfg, opt, sched, gen, epoch, desc)
+        seconds = time.perf_counter() - t0
+        test_loss, test_acc = evaluate_split(model, test, cfg, cfg.tta_flip)
+        if not math.isfinite(test_loss):
+            raise NonFiniteLoss(f"test loss became {test_loss} after epoch {epoch}; lower train.lr")
+        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
+               "test_acc": test_acc, "lr": lr, "seconds": seconds}
+        rows.append(row)
+        if on_epoch is not None:
+            on_epoch(epoch, row, {"opt": opt.state_dict(), "sched": sched.state_dict()})
+    return rows
