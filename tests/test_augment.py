@@ -1,0 +1,41 @@
+import torch
+
+from stages.augment import cutout, random_crop_flip
+
+
+def batch(n=16, c=3, h=8, w=8):
+    return torch.randint(0, 256, (n, c, h, w), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+
+
+def test_crop_flip_keeps_shape_dtype_and_order():
+    x = batch()
+    out = random_crop_flip(x, 2, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    # each output is a translated (and maybe mirrored) copy of its own input: its centre pixels appear in it
+    for i in range(len(x)):
+        centre = out[i, :, 3:5, 3:5]
+        assert any((x_[:, r:r + 2, c:c + 2] == centre).all() for x_ in (x[i], x[i].flip(2))
+                   for r in range(1, 6) for c in range(1, 6))
+
+
+def test_augmentation_is_deterministic_under_a_seeded_generator():
+    x = batch()
+    a = random_crop_flip(x, 2, torch.Generator().manual_seed(5))
+    b = random_crop_flip(x, 2, torch.Generator().manual_seed(5))
+    c = random_crop_flip(x, 2, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_no_pad_only_flips():
+    x = batch()
+    out = random_crop_flip(x, 0, torch.Generator().manual_seed(0))
+    for i in range(len(x)):
+        assert torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(2))
+
+
+def test_cutout_zeroes_one_square_per_image():
+    x = torch.full((4, 3, 16, 16), 200, dtype=torch.uint8)
+    out = cutout(x, 4, torch.Generator().manual_seed(0))
+    zeros = (out == 0).all(1).sum(dim=(1, 2))  # pixels zeroed per image
+    assert ((zeros > 0) & (zeros <= 25)).all()
+    assert torch.equal(cutout(x, 0, torch.Generator()), x)

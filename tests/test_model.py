@@ -1,0 +1,72 @@
+import pytest
+import torch
+from torch import nn
+
+from stages.model import MAX_PARAMS, NORMS, DownStage, build_model, count_params, make_norm
+from stages.params import load_params
+from tests.conftest import ROOT
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_committed_params_build_every_norm_under_budget(norm):
+    p = load_params(ROOT / "params.yaml").model
+    model = build_model(norm, p.widths, p.depth, p.gn_groups)
+    assert count_params(model) < MAX_PARAMS
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_factory_builds_the_right_layers():
+    bn = make_norm("bn", 16)
+    assert isinstance(bn, nn.BatchNorm2d) and bn.num_features == 16
+    gn = make_norm("gn", 16, gn_groups=4)
+    assert isinstance(gn, nn.GroupNorm) and gn.num_groups == 4 and gn.num_channels == 16
+    ln = make_norm("ln", 16, gn_groups=4)
+    assert isinstance(ln, nn.GroupNorm) and ln.num_groups == 1 and ln.num_channels == 16
+
+
+def test_ln_normalizes_each_sample_over_c_h_w():
+    x = torch.randn(3, 4, 5, 5) * 7 + 2
+    y = make_norm("ln", 4)(x)
+    flat = y.reshape(3, -1)
+    assert torch.allclose(flat.mean(1), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(flat.var(1, unbiased=False), torch.ones(3), atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["batch", "", "LN", "in"])
+def test_factory_rejects_unknown_kinds(kind):
+    with pytest.raises(ValueError, match="unknown norm"):
+        make_norm(kind, 8)
+
+
+@pytest.mark.parametrize("groups", [0, 3, 5, 32])
+def test_factory_rejects_groups_that_do_not_divide(groups):
+    with pytest.raises(ValueError, match="divide"):
+        make_norm("gn", 16, gn_groups=groups)
+
+
+def test_only_the_norm_layers_differ_between_models():
+    names = {}
+    for norm in NORMS:
+        model = build_model(norm, (8, 16, 16), 1, 4)
+        names[norm] = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
+    assert names["bn"] == names["gn"] == names["ln"]
+
+
+def test_budget_is_enforced_with_the_offending_config_named():
+    with pytest.raises(ValueError, match=r"model.widths=\[64, 128\].*budget"):
+        build_model("bn", (64, 128), 1, 8)
+
+
+def test_down_stage_is_residual_and_halves_resolution():
+    stage = DownStage(8, 16, "bn", 4)
+    x = torch.randn(2, 8, 8, 8)
+    out = stage(x)
+    assert out.shape == (2, 16, 4, 4)
+    # with the main branch silenced, the output is exactly the pooled, zero-padded input
+    nn.init.zeros_(stage.main[0].weight)
+    stage.eval()
+    out = stage(x)
+    shortcut = nn.functional.max_pool2d(x, 2)
+    main = stage.main(x)
+    assert torch.allclose(out[:, :8], shortcut + main[:, :8])
+    assert torch.allclose(out[:, 8:], main[:, 8:])

@@ -1,0 +1,95 @@
+import copy
+
+import pytest
+import yaml
+
+from stages.params import ParamsError, load_params, parse_params
+from tests.conftest import ROOT
+
+RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def with_(path: str, value):
+    raw = copy.deepcopy(RAW)
+    *parents, last = path.split(".")
+    node = raw
+    for p in parents:
+        node = node[p]
+    node[last] = value
+    return raw
+
+
+def test_committed_params_are_valid():
+    p = load_params(ROOT / "params.yaml")
+    assert p.norm in ("bn", "gn", "ln") and p.train.epochs <= 20
+
+
+@pytest.mark.parametrize("path,value,key", [
+    ("norm", "xn", "norm"),
+    ("norm", 3, "norm"),
+    ("seed", "zero", "seed"),
+    ("seed", True, "seed"),
+    ("data.source", "", "data.source"),
+    ("model.widths", [16], "model.widths"),
+    ("model.widths", "16,32", "model.widths"),
+    ("model.widths", [16, 32.5], "model.widths[1]"),
+    ("model.gn_groups", 5, "model.gn_groups"),
+    ("model.gn_groups", 0, "model.gn_groups"),
+    ("model.depth", -1, "model.depth"),
+    ("train.epochs", 0, "train.epochs"),
+    ("train.epochs", 21, "train.epochs"),
+    ("train.epochs", 2.5, "train.epochs"),
+    ("train.batch_size", 0, "train.batch_size"),
+    ("train.lr", 0, "train.lr"),
+    ("train.lr", -0.1, "train.lr"),
+    ("train.lr", "fast", "train.lr"),
+    ("train.weight_decay", -1e-4, "train.weight_decay"),
+    ("train.l1", -1e-5, "train.l1"),
+    ("train.momentum", 1.0, "train.momentum"),
+    ("train.warmup", 1.0, "train.warmup"),
+    ("train.label_smoothing", -0.1, "train.label_smoothing"),
+    ("train.crop_pad", -1, "train.crop_pad"),
+    ("train.cutout", -2, "train.cutout"),
+    ("train.bf16", "yes", "train.bf16"),
+])
+def test_bad_values_are_rejected_by_key(path, value, key):
+    with pytest.raises(ParamsError) as e:
+        parse_params(with_(path, value))
+    assert f"{key}:" in str(e.value)
+
+
+def test_unknown_and_misspelt_keys_are_named():
+    raw = copy.deepcopy(RAW)
+    raw["train"]["learning_rate"] = 0.1
+    with pytest.raises(ParamsError, match=r"train\.learning_rate: unknown key"):
+        parse_params(raw)
+    raw = copy.deepcopy(RAW)
+    raw["nrom"] = "bn"
+    with pytest.raises(ParamsError, match="nrom: unknown key"):
+        parse_params(raw)
+
+
+def test_missing_keys_are_named():
+    raw = copy.deepcopy(RAW)
+    del raw["train"]["lr"]
+    with pytest.raises(ParamsError, match=r"train\.lr: missing"):
+        parse_params(raw)
+
+
+def test_model_over_the_parameter_budget_is_rejected():
+    with pytest.raises(ParamsError, match="model:.*50,000"):
+        parse_params(with_("model.widths", [64, 96, 128, 128]))
+
+
+def test_section_that_is_not_a_mapping(tmp_path):
+    with pytest.raises(ParamsError, match="train: must be a mapping"):
+        parse_params(with_("train", [1, 2]))
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("norm: [bn\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)

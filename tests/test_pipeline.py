@@ -1,0 +1,116 @@
+"""End to end with the real dvc CLI in a temporary git repo, on scikit-learn's digits (no download)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import copy_project
+
+TINY = {"data": {"source": "digits"}, "train": {"epochs": 2, "batch_size": 64}}
+OUTPUTS = ["data/prepared/data.npz", "data/prepared/meta.json", "models/bn.pt", "models/gn.pt", "models/ln.pt",
+           "plots/train/bn.csv", "plots/train/gn.csv", "plots/train/ln.csv", "metrics/train_bn.json",
+           "metrics/train_gn.json", "metrics/train_ln.json", "metrics/eval.json", "data/eval/misclassified.npz",
+           "plots/confusion/bn.csv", "plots/confusion/gn.csv", "plots/confusion/ln.csv", "plots/curves.png",
+           "plots/confusion.png", "plots/misclassified_bn.png", "plots/misclassified_gn.png",
+           "plots/misclassified_ln.png"]
+
+
+def sh(cwd, *args, check=True) -> str:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "PYTHONPATH": str(cwd)}
+    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r.stdout + r.stderr
+
+
+def set_params(repo, updates: dict) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in updates.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A git + dvc repo of the project, reproduced once on tiny data and committed."""
+    repo = copy_project(tmp_path_factory.mktemp("pipeline"))
+    set_params(repo, TINY)
+    sh(repo, "git", "init", "-q")
+    sh(repo, "dvc", "init", "-q")
+    sh(repo, "dvc", "config", "core.autostage", "true")
+    out = sh(repo, "dvc", "repro")
+    assert "Running stage 'plot'" in out
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "tiny run")
+    return repo
+
+
+def test_repro_writes_every_declared_output(repo):
+    missing = [o for o in OUTPUTS if not (repo / o).is_file()]
+    assert not missing
+    metrics = json.loads((repo / "metrics/eval.json").read_text())
+    assert metrics["norm"] == "bn" and set(metrics["per_norm"]) == {"bn", "gn", "ln"}
+    assert metrics["test_acc"] == metrics["per_norm"]["bn"]["test_acc"]
+    train = json.loads((repo / "metrics/train_gn.json").read_text())
+    assert train["epochs"] == 2 and train["params"] < 50_000
+    assert (repo / "plots/train/ln.csv").read_text().splitlines()[0] == \
+        "epoch,train_loss,train_acc,test_loss,test_acc,lr,seconds"
+
+
+def test_second_repro_changes_nothing(repo):
+    out = sh(repo, "dvc", "repro")
+    assert "Running stage" not in out
+    assert "up to date" in sh(repo, "dvc", "status")
+    assert sh(repo, "git", "status", "--porcelain").strip() == ""
+
+
+def test_selecting_gn_reruns_only_evaluate_and_shows_in_metrics_diff(repo):
+    out = sh(repo, "dvc", "exp", "run", "-S", "norm=gn")
+    assert "Running stage 'evaluate'" in out
+    assert not any(f"Running stage '{s}'" in out for s in ("download", "train_bn", "train_gn", "train_ln", "plot"))
+    metrics = json.loads((repo / "metrics/eval.json").read_text())
+    assert metrics["norm"] == "gn" and metrics["test_acc"] == metrics["per_norm"]["gn"]["test_acc"]
+    diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json"))
+    changed = diff["metrics/eval.json"]
+    assert changed["norm"] == {"old": "bn", "new": "gn"}
+    assert "test_loss" in changed  # BN and GN losses differ after training
+    sh(repo, "dvc", "exp", "apply", "--help")  # the documented way back exists
+    sh(repo, "git", "checkout", "--", "params.yaml", "dvc.lock", "metrics")
+
+
+def test_gn_only_param_reruns_only_train_gn_and_downstream(repo):
+    status = json.loads(sh(repo, "dvc", "status", "--json"))
+    assert status == {}
+    set_params(repo, {"model": {"gn_groups": 4}})
+    changed = set(json.loads(sh(repo, "dvc", "status", "--json")))
+    sh(repo, "git", "checkout", "--", "params.yaml")
+    assert changed == {"train_gn", "evaluate"}  # plot follows once train_gn's csv changes
+
+
+def test_plots_show_json_has_overlays_confusion_and_images(repo):
+    data = json.loads(sh(repo, "dvc", "plots", "show", "--json"))["data"]
+    acc = data["test_accuracy"][0]["content"]
+    sources = {row.get("filename") or row.get("rev") for row in acc["data"]["values"]}
+    assert {"bn.csv", "gn.csv", "ln.csv"} <= sources  # dvc names each overlaid file by its basename
+    assert "test_loss" in data
+    for norm in ("bn", "gn", "ln"):
+        assert data[f"confusion_{norm}"][0]["content"]["data"]["values"]
+        assert data[f"plots/misclassified_{norm}.png"][0]["type"] == "image"
+    assert data["plots/curves.png"][0]["type"] == "image"
+    assert data["plots/confusion.png"][0]["type"] == "image"
+    charts = [k for k, v in data.items() if v[0]["type"] == "vega"]
+    assert sorted(charts) == ["confusion_bn", "confusion_gn", "confusion_ln", "test_accuracy", "test_loss"]
+
+
+def test_stage_error_is_one_clear_line(repo, tmp_path):
+    set_params(repo, {"train": {"epochs": 0}})
+    r = subprocess.run([sys.executable, "-m", "stages.train", "bn"], cwd=repo, capture_output=True, text=True)
+    sh(repo, "git", "checkout", "--", "params.yaml")
+    assert r.returncode == 1
+    assert r.stderr.strip() == "error: params.yaml: train.epochs: must be in 1..20, got 0"

@@ -1,0 +1,103 @@
+import dataclasses
+
+import pytest
+import torch
+
+from stages.model import build_model
+from stages.params import load_params
+from stages.trainer import NonFiniteLoss, Split, fit, l1_penalty, one_cycle, param_groups, predict, train_epoch, \
+    make_optimizer
+from tests.conftest import ROOT
+
+BASE = load_params(ROOT / "params.yaml").train
+
+
+def cfg(**kw):
+    return dataclasses.replace(BASE, **{"epochs": 2, "batch_size": 16, "bf16": False, **kw})
+
+
+def blobs(n=64, seed=0):
+    """Two easy classes: dark vs bright 8x8 images."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    x = (torch.rand(n, 3, 8, 8, generator=g) * 60 + y[:, None, None, None] * 150).to(torch.uint8)
+    return Split(x, y)
+
+
+def small_model(norm="bn"):
+    torch.manual_seed(0)
+    return build_model(norm, (8, 16, 16), 0, 4, classes=2)
+
+
+def test_one_cycle_warms_up_then_decays_to_zero():
+    total = 100
+    values = [one_cycle(s, total, 0.2) for s in range(total + 1)]
+    assert values[0] == pytest.approx(0.1) and max(values) == pytest.approx(1.0)
+    assert values.index(max(values)) == 20 and values[-1] == 0.0
+    assert all(a <= b for a, b in zip(values[:20], values[1:21]))
+    assert all(a >= b for a, b in zip(values[20:], values[21:]))
+
+
+def test_weight_decay_skips_norm_and_bias_parameters():
+    model = small_model()
+    decay, no_decay = param_groups(model, 5e-4)
+    assert all(p.ndim > 1 for p in decay["params"]) and decay["weight_decay"] == 5e-4
+    assert all(p.ndim <= 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
+
+
+def test_l1_penalty_reaches_the_gradient():
+    data = blobs(16)
+    grads = {}
+    for l1 in (0.0, 0.01):
+        model = small_model()
+        c = cfg(l1=l1, lr=1e-9, momentum=0.0, weight_decay=0.0, crop_pad=0, epochs=1)
+        opt, sched = make_optimizer(model, c, 1)
+        orig_step = opt.step
+        opt.step = lambda: (grads.__setitem__(l1, model.head.weight.grad.clone()), orig_step())
+        train_epoch(model, data, c, opt, sched, torch.Generator().manual_seed(0), 1)
+    # d/dw of l1 * sum|w| is l1 * sign(w): the only difference between the two runs' gradients
+    model = small_model()
+    expected = 0.01 * torch.sign(model.head.weight.detach())
+    assert torch.allclose(grads[0.01] - grads[0.0], expected, atol=1e-6)
+    assert l1_penalty(model) > 0
+
+
+def test_non_finite_loss_stops_with_epoch_and_step():
+    data = blobs(32)
+    data.x[:] = 0
+    model = small_model()
+    with torch.no_grad():
+        model.head.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLoss, match=r"epoch 1, step 1/2"):
+        fit(model, data, data, cfg(), torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn", "ln"])
+def test_fit_learns_an_easy_task(norm):
+    data = blobs(128)
+    rows = fit(small_model(norm), data, blobs(64, seed=1), cfg(epochs=4, lr=0.1), torch.Generator().manual_seed(0))
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["test_acc"] >= 0.95
+    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"}
+
+
+def test_fit_is_deterministic_on_cpu():
+    def run():
+        return fit(small_model(), blobs(64), blobs(32, 1), cfg(), torch.Generator().manual_seed(3))
+    a, b = run(), run()
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in a]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in b]
+
+
+def test_predict_with_flip_averages_image_and_mirror():
+    model = small_model().eval()
+    x = blobs(8).x
+    both = predict(model, x, 4, tta_flip=True, bf16=False)
+    plain = predict(model, x, 4, tta_flip=False, bf16=False)
+    mirror = predict(model, x.flip(3), 4, tta_flip=False, bf16=False)
+    assert torch.allclose(both, (plain + mirror) / 2, atol=1e-5)
+
+
+def test_batch_larger_than_the_data_still_trains():
+    rows = fit(small_model(), blobs(10), blobs(10), cfg(batch_size=512, epochs=1), torch.Generator())
+    assert len(rows) == 1
