@@ -1,0 +1,109 @@
+"""Training throughput: our trainer vs a course-style baseline, same model, same data, same machine.
+
+    python -m benchmarks.throughput [--images 4096] [--norm bn]
+
+Baseline (what the course notebooks do): per-image PIL transforms (RandomCrop(32, padding=4),
+RandomHorizontalFlip, RandAugment applied with p=0.25, ToTensor, Normalize) in a torchvision DataLoader with
+2 worker processes, batch 64, fp32, contiguous (NCHW) tensors, SGD.
+Ours: uint8 tensors in memory, whole-batch crop+flip, channels_last, bf16 autocast, the params.yaml batch.
+Both train the params.yaml model on the first --images training images of data/prepared (run
+`dvc repro download` first); each is timed over one pass after a short warm-up.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from stages import paths
+from stages.data import load_dataset
+from stages.model import build_model
+from stages.params import load_params
+from stages.train import channel_stats
+from stages.trainer import Split, make_optimizer, train_epoch
+
+
+class PilImages(Dataset):
+    """Course style: every image is turned into a PIL image and transformed one at a time."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, mean, std):
+        self.x, self.y = x.transpose(0, 2, 3, 1), y  # HWC for PIL
+        self.tf = transforms.Compose([
+            transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+            transforms.RandomApply([transforms.RandAugment()], p=0.25), transforms.ToTensor(),
+            transforms.Normalize((mean / 255).tolist(), (std / 255).tolist())])
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.tf(Image.fromarray(self.x[i])), int(self.y[i])
+
+
+def baseline_pass(model, loader) -> int:
+    """One fp32 epoch the course way; the model sees normalized floats (its own scaling is set to identity)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+    n = 0
+    for xb, yb in loader:
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        n += len(yb)
+    return n
+
+
+def time_baseline(params, norm, x, y, mean, std) -> float:
+    model = build_model(norm, params.model.widths, params.model.depth, params.model.gn_groups)
+    loader = DataLoader(PilImages(x, y, mean.numpy(), std.numpy()), batch_size=64, shuffle=True,
+                        num_workers=2, persistent_workers=True)
+    baseline_pass(model, DataLoader(PilImages(x[:256], y[:256], mean.numpy(), std.numpy()), batch_size=64))
+    t0 = time.perf_counter()
+    n = baseline_pass(model, loader)
+    return n / (time.perf_counter() - t0)
+
+
+def time_ours(params, norm, x, y, mean, std) -> float:
+    torch.manual_seed(0)
+    model = build_model(norm, params.model.widths, params.model.depth, params.model.gn_groups, mean=mean, std=std)
+    model = model.to(memory_format=torch.channels_last)
+    cfg = dataclasses.replace(params.train, epochs=1)
+    data = Split(torch.from_numpy(x), torch.from_numpy(y))
+    opt, sched = make_optimizer(model, cfg, 10_000)
+    gen = torch.Generator().manual_seed(0)
+    train_epoch(model, Split(data.x[:1024], data.y[:1024]), cfg, opt, sched, gen, 1)  # warm-up
+    t0 = time.perf_counter()
+    train_epoch(model, data, cfg, opt, sched, gen, 1)
+    steps = len(x) // min(cfg.batch_size, len(x))
+    return steps * min(cfg.batch_size, len(x)) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=4096)
+    ap.add_argument("--norm", default="bn", choices=["bn", "gn", "ln"])
+    args = ap.parse_args()
+    params = load_params(paths.PARAMS)
+    ds = load_dataset(paths.PREPARED)
+    x, y = ds.x_train[: args.images], ds.y_train[: args.images]
+    mean, std = channel_stats(torch.from_numpy(x))
+    base = time_baseline(params, args.norm, x, y, mean, std)
+    ours = time_ours(params, args.norm, x, y, mean, std)
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+          f"torch {torch.__version__}; norm {args.norm}, {args.images} images")
+    print(f"course-style baseline: {base:8.0f} img/s  ({50_000 / base:6.1f} s per 50k-image epoch)")
+    print(f"this pipeline:         {ours:8.0f} img/s  ({50_000 / ours:6.1f} s per 50k-image epoch)")
+    print(f"speed-up: {ours / base:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
