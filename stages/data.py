@@ -20,7 +20,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 from tqdm import tqdm
@@ -31,6 +31,7 @@ MIRROR_ENV = "DATA_MIRROR"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 SPLITS = ("train", "test")
 CHUNK = 1 << 20  # bytes per read while downloading
+T = TypeVar("T")
 
 
 class DataError(RuntimeError):
@@ -134,15 +135,25 @@ def http_download(url: str, dest: Path, retries: int = 3, timeout: float = 30.0)
     raise DataError(f"download of {url} failed after {retries} attempts ({last_error}). " + offline_help(dest.name))
 
 
-def fetch(remote: Remote, cache_dir: Path) -> Path:
-    """Local path of the remote's file: from $DATA_MIRROR, else the download cache, else the network."""
+def fetch(remote: Remote, cache_dir: Path, verify: Callable[[Path], T]) -> T:
+    """verify(local copy of the remote's file): from $DATA_MIRROR, else the download cache, else the network.
+
+    A download lands under a temporary name and is moved into the cache only after `verify` accepted it,
+    so a failed or corrupt download never poses as a good cached file.
+    """
     found = mirror_lookup(remote.filename)
     if found is not None:
-        return found
+        return verify(found)
     cached = cache_dir / remote.filename
     if cached.is_file():
-        return cached
-    return http_download(remote.url, cached)
+        return verify(cached)
+    tmp = cached.with_name(cached.name + ".download")
+    try:
+        result = verify(http_download(remote.url, tmp))
+        tmp.replace(cached)
+        return result
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def file_md5(path: Path) -> str:
@@ -296,7 +307,7 @@ def load_image_folder(path: Path, origin: str, expected_fingerprint: str | None 
     fingerprint = content_fingerprint(files)
     if expected_fingerprint is not None and fingerprint != expected_fingerprint:
         raise DataError(f"{origin}: content fingerprint mismatch: expected {expected_fingerprint}, got "
-                        f"{fingerprint}. The archive is not the expected data; delete it and download again")
+                        f"{fingerprint}. The archive is not the expected data: replace it")
     splits, classes = decode_folder(files, origin)
     meta = {"fingerprint_sha256": fingerprint, "files": len(files)}
     return Dataset(*splits["train"], *splits["test"], classes, meta)
@@ -323,12 +334,15 @@ def cifar10_remote() -> Remote:
 
 def load_cifar10_official(cache_dir: Path) -> Dataset:
     """The official python archive; torchvision checks each batch file's md5 when loading."""
-    from torchvision.datasets import CIFAR10
     remote = cifar10_remote()
-    archive = fetch(remote, cache_dir)
+    return fetch(remote, cache_dir, lambda archive: read_cifar10_archive(archive, remote.md5))
+
+
+def read_cifar10_archive(archive: Path, md5: str) -> Dataset:
+    from torchvision.datasets import CIFAR10
     got = file_md5(archive)
-    if got != remote.md5:
-        raise DataError(f"{archive}: md5 mismatch: expected {remote.md5}, got {got}; delete it and download again")
+    if got != md5:
+        raise DataError(f"{archive}: md5 mismatch: expected {md5}, got {got}; delete it and download again")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             with tarfile.open(archive, "r:*") as tar:
@@ -353,22 +367,21 @@ def load_source(source: str, cache_dir: Path) -> Dataset:
         ds = load_cifar10_official(cache_dir)
         where = cifar10_remote().url
     elif source == "cifar10-jpeg":
-        path = fetch(CIFAR10_JPEG, cache_dir)
-        ds = load_image_folder(path, path.name, CIFAR10_JPEG.fingerprint)
+        ds = fetch(CIFAR10_JPEG, cache_dir,
+                   lambda path: load_image_folder(path, CIFAR10_JPEG.filename, CIFAR10_JPEG.fingerprint))
         where = CIFAR10_JPEG.url
     else:
-        path, where = resolve_custom(source, cache_dir)
-        ds = load_image_folder(path, source)
+        ds, where = load_custom(source, cache_dir)
     ds.meta = {"source": source, "location": where, **ds.meta}
     return ds
 
 
-def resolve_custom(source: str, cache_dir: Path) -> tuple[Path, str]:
-    """A path or http(s) URL of an image-folder archive or directory."""
+def load_custom(source: str, cache_dir: Path) -> tuple[Dataset, str]:
+    """A path or http(s) URL of an image-folder archive or directory; returns (data, where it came from)."""
     scheme = urllib.parse.urlparse(source).scheme
     if scheme in ("http", "https"):
         name = Path(urllib.parse.urlparse(source).path).name or "download"
-        return fetch(Remote(url=source, filename=name), cache_dir), source
+        return fetch(Remote(url=source, filename=name), cache_dir, lambda p: load_image_folder(p, source)), source
     if scheme and len(scheme) > 1:  # a Windows drive letter parses as a one-letter scheme
         raise DataError(f"data.source {source!r}: unsupported URL scheme {scheme!r}; use http(s), a local path, "
                         f"or one of cifar10-jpeg, cifar10, digits")
@@ -376,7 +389,7 @@ def resolve_custom(source: str, cache_dir: Path) -> tuple[Path, str]:
     if not path.exists():
         raise DataError(f"data.source {source!r}: no such file or directory, and not a known source name "
                         f"(cifar10-jpeg, cifar10, digits)")
-    return path, str(path.resolve())
+    return load_image_folder(path, source), str(path.resolve())
 
 
 # ---------------------------------------------------------------- the prepared format

@@ -33,13 +33,15 @@ class DataParams:
 @dataclass(frozen=True)
 class ModelParams:
     widths: tuple[int, ...]  # stem width, then one width per down-sampling stage
-    depth: int  # residual blocks per stage
+    depth: tuple[int, ...]  # extra residual blocks after each down-sampling stage
     gn_groups: int  # GroupNorm groups (GN model only)
 
     def __post_init__(self):
         _require(len(self.widths) >= 2 and all(w > 0 for w in self.widths), "model.widths",
                  f"must be a list of at least two positive ints, got {list(self.widths)}")
-        _require(self.depth >= 0, "model.depth", f"must be >= 0, got {self.depth}")
+        _require(len(self.depth) == len(self.widths) - 1 and all(d >= 0 for d in self.depth), "model.depth",
+                 f"must list one count >= 0 per down-sampling stage ({len(self.widths) - 1} for "
+                 f"model.widths={list(self.widths)}), got {list(self.depth)}")
         _require(self.gn_groups >= 1 and all(w % self.gn_groups == 0 for w in self.widths), "model.gn_groups",
                  f"{self.gn_groups} must be >= 1 and divide every width in model.widths={list(self.widths)}")
 

@@ -103,10 +103,20 @@ def load_resume(norm: str, run_id: str) -> dict | None:
     return ckpt
 
 
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"{device.type}: {cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -147,6 +147,15 @@ def test_fingerprint_mismatch_says_expected_and_got(tmp_path, image_folder, monk
     assert archive.exists()
 
 
+def test_download_that_fails_verification_is_not_cached(tmp_path, image_folder, http_server, monkeypatch):
+    pack_tar_gz(image_folder, http_server.folder / "c.tar.gz")
+    monkeypatch.setattr(D, "CIFAR10_JPEG", Remote(url=http_server.url("c.tar.gz"), filename="c.tar.gz",
+                                                  fingerprint="0" * 64))
+    with pytest.raises(DataError, match="fingerprint mismatch"):
+        load_source("cifar10-jpeg", tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []  # neither the archive nor a temporary file stays
+
+
 def test_mirror_that_is_not_a_directory(tmp_path, monkeypatch):
     monkeypatch.setenv(D.MIRROR_ENV, str(tmp_path / "nope"))
     with pytest.raises(DataError, match="is not a directory"):

@@ -47,14 +47,14 @@ def test_factory_rejects_groups_that_do_not_divide(groups):
 def test_only_the_norm_layers_differ_between_models():
     names = {}
     for norm in NORMS:
-        model = build_model(norm, (8, 16, 16), 1, 4)
+        model = build_model(norm, (8, 16, 16), (1, 1), 4)
         names[norm] = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
     assert names["bn"] == names["gn"] == names["ln"]
 
 
 def test_budget_is_enforced_with_the_offending_config_named():
-    with pytest.raises(ValueError, match=r"model.widths=\[64, 128\].*budget"):
-        build_model("bn", (64, 128), 1, 8)
+    with pytest.raises(ValueError, match=r"model.widths=\[64, 128\] with model.depth=\[1\].*budget"):
+        build_model("bn", (64, 128), (1,), 8)
 
 
 def test_down_stage_is_residual_and_halves_resolution():
@@ -70,3 +70,13 @@ def test_down_stage_is_residual_and_halves_resolution():
     main = stage.main(x)
     assert torch.allclose(out[:, :8], shortcut + main[:, :8])
     assert torch.allclose(out[:, 8:], main[:, 8:])
+
+
+def test_fp32_group_norm_matches_pytorch_and_keeps_the_dtype():
+    torch.manual_seed(0)
+    ours, ref = make_norm("gn", 16, gn_groups=4), nn.GroupNorm(4, 16)
+    nn.init.normal_(ref.weight)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 16, 5, 5)
+    assert torch.allclose(ours(x), ref(x), atol=1e-6)
+    assert ours(x.bfloat16()).dtype == torch.bfloat16

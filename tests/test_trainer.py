@@ -26,7 +26,7 @@ def blobs(n=64, seed=0):
 
 def small_model(norm="bn"):
     torch.manual_seed(0)
-    return build_model(norm, (8, 16, 16), 0, 4, classes=2)
+    return build_model(norm, (8, 16, 16), (0, 0), 4, classes=2)
 
 
 def test_one_cycle_warms_up_then_decays_to_zero():

@@ -1,0 +1,92 @@
+"""Interrupted training resumes from its last finished epoch and ends exactly where an uninterrupted run ends."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests.conftest import copy_project
+
+TIMING = {"seconds", "wall_seconds", "seconds_per_epoch"}  # wall-clock values: the only fields that may differ
+
+
+def project(path, epochs=6):
+    repo = copy_project(path)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["source"] = "digits"
+    params["train"].update(epochs=epochs, batch_size=64)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(repo, "stages.download")
+    return repo
+
+
+def run(repo, module, *args, **kw):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=repo, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(repo)}, **kw)
+
+
+def results(repo, norm="bn"):
+    """Metrics and per-epoch log without the wall-clock fields."""
+    metrics = json.loads((repo / f"metrics/train_{norm}.json").read_text())
+    with open(repo / f"plots/train/{norm}.csv") as f:
+        rows = [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(f)]
+    return {k: v for k, v in metrics.items() if k not in TIMING}, rows
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    repo = project(tmp_path_factory.mktemp("ref"))
+    r = run(repo, "stages.train", "bn")
+    assert r.returncode == 0, r.stderr
+    return results(repo), (repo / "models/bn.pt").read_bytes()
+
+
+def kill_after_epoch(repo, epoch: int, sig) -> None:
+    """Start a real training process and send it `sig` once `epoch` epochs are logged."""
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train", "bn"], cwd=repo, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
+    for line in proc.stdout:
+        if line.startswith(f"bn epoch {epoch}/"):
+            proc.send_signal(sig)
+            break
+    proc.wait(60)
+    assert proc.returncode != 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_killed_training_resumes_to_the_same_result(tmp_path, reference, sig):
+    repo = project(tmp_path)
+    kill_after_epoch(repo, 2, sig)
+    assert not (repo / "models/bn.pt").exists() and not (repo / "metrics/train_bn.json").exists()
+    assert not list(repo.rglob(".*.tmp*"))  # no half-written file anywhere
+    r = run(repo, "stages.train", "bn")
+    assert r.returncode == 0, r.stderr
+    assert "resuming after epoch" in r.stdout
+    assert results(repo) == reference[0]
+    assert not (repo / "checkpoints/bn.pt").exists()
+
+
+def test_changed_params_restart_instead_of_resuming(tmp_path):
+    repo = project(tmp_path)
+    kill_after_epoch(repo, 2, signal.SIGKILL)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["lr"] = params["train"]["lr"] / 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    r = run(repo, "stages.train", "bn")
+    assert r.returncode == 0, r.stderr
+    assert "training from scratch" in r.stdout and "resuming" not in r.stdout
+    assert [row["epoch"] for row in results(repo)[1]] == [str(e) for e in range(1, 7)]
+
+
+def test_same_seed_gives_identical_outputs(tmp_path, reference):
+    repo = project(tmp_path)
+    assert run(repo, "stages.train", "bn").returncode == 0
+    assert results(repo) == reference[0]
+    assert (repo / "models/bn.pt").read_bytes() == reference[1]
