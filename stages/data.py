@@ -25,7 +25,7 @@ from typing import Callable, Iterator, TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from stages.io import atomic_path, write_json
+from stages.io import write_json, write_npz
 
 MIRROR_ENV = "DATA_MIRROR"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -147,7 +147,7 @@ def fetch(remote: Remote, cache_dir: Path, verify: Callable[[Path], T]) -> T:
     cached = cache_dir / remote.filename
     if cached.is_file():
         return verify(cached)
-    tmp = cached.with_name(cached.name + ".download")
+    tmp = cache_dir / ".partial" / remote.filename  # same name, so messages name the file to mirror
     try:
         result = verify(http_download(remote.url, tmp))
         tmp.replace(cached)
@@ -396,9 +396,8 @@ def load_custom(source: str, cache_dir: Path) -> tuple[Dataset, str]:
 
 def save_dataset(ds: Dataset, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "data.npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test)
+    write_npz(out_dir / "data.npz", {"x_train": ds.x_train, "y_train": ds.y_train, "x_test": ds.x_test,
+                                     "y_test": ds.y_test})
     shape = list(ds.x_train.shape[1:])
     write_json(out_dir / "meta.json", {**ds.meta, "classes": ds.classes, "image_shape_chw": shape,
                                        "train_images": len(ds.y_train), "test_images": len(ds.y_test)})

@@ -14,7 +14,7 @@ from sklearn.metrics import confusion_matrix
 from stages import cli, paths
 from stages.checkpoint import load_model, model_config
 from stages.data import load_dataset
-from stages.io import atomic_path, write_csv, write_json
+from stages.io import write_csv, write_json, write_npz
 from stages.model import NORMS
 from stages.params import load_params
 from stages.trainer import predict, pick_device
@@ -63,9 +63,7 @@ def main() -> None:
                        f"{norm}_predicted": s["pred"][idx], f"{norm}_confusion": s["confusion"],
                        f"{norm}_misclassified": np.array(s["misclassified"])})
         print(f"{norm}: test accuracy {s['test_acc']:.4f}, {s['misclassified']} misclassified")
-    with atomic_path(paths.MISCLASSIFIED) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+    write_npz(paths.MISCLASSIFIED, arrays)
     selected = per_norm[params.norm]
     write_json(paths.EVAL_METRICS, {"norm": params.norm, **selected, "per_norm": per_norm})
     print(f"selected norm {params.norm}: test accuracy {selected['test_acc']:.4f}")

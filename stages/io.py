@@ -6,8 +6,13 @@ import contextlib
 import csv
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Iterator
+
+import numpy as np
+
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed entry timestamp: the same arrays always give the same bytes
 
 
 @contextlib.contextmanager
@@ -39,3 +44,16 @@ def write_csv(path: Path, rows: list[dict]) -> None:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Like np.savez (uncompressed, readable by np.load) but byte-for-byte reproducible.
+
+    np.savez stamps the current time into every zip entry, so re-running a stage would change its output's
+    hash and make DVC re-run everything downstream for nothing.
+    """
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+            for name, arr in arrays.items():
+                with zf.open(zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_EPOCH), "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)

@@ -23,6 +23,10 @@ def train_log(norm: str) -> Path:
     return PLOTS / "train" / f"{norm}.csv"
 
 
+def features_log(norm: str) -> Path:
+    return PLOTS / "features" / f"{norm}.csv"
+
+
 def train_metrics(norm: str) -> Path:
     return Path("metrics") / f"train_{norm}.json"
 
@@ -37,3 +41,4 @@ def misclassified_png(norm: str) -> Path:
 
 CURVES_PNG = PLOTS / "curves.png"
 CONFUSION_PNG = PLOTS / "confusion.png"
+FEATURES_PNG = PLOTS / "features.png"

@@ -1,5 +1,5 @@
-"""Stage `plot`: learning curves of the three norms overlaid, confusion matrices side by side, and per norm
-a grid of misclassified test images. PNGs under plots/."""
+"""Stage `plot`: learning curves of the three norms overlaid, feature percentiles over training, confusion
+matrices side by side, and per norm a grid of misclassified test images. PNGs under plots/."""
 from __future__ import annotations
 
 import csv
@@ -55,6 +55,22 @@ def curves_figure(logs: dict[str, dict[str, np.ndarray]]):
     return fig
 
 
+def features_figure(features: dict[str, dict[str, np.ndarray]]):
+    """Per norm, the 1/20/80/99th percentiles of the last block's features over epochs (GN paper style)."""
+    fig, axes = plt.subplots(1, len(features), figsize=(5.2 * len(features), 4.4), sharey=True,
+                             constrained_layout=True)
+    for ax, (norm, f) in zip(np.atleast_1d(axes), features.items()):
+        ax.fill_between(f["epoch"], f["p1"], f["p99"], color=COLORS[norm], alpha=0.15, label="1st-99th")
+        ax.fill_between(f["epoch"], f["p20"], f["p80"], color=COLORS[norm], alpha=0.4, label="20th-80th")
+        for col in ("p1", "p20", "p80", "p99"):
+            ax.plot(f["epoch"], f[col], color=COLORS[norm], lw=1)
+        ax.set(title=LABELS[norm], xlabel="epoch", ylabel="feature value (last block, before pooling)")
+        ax.grid(alpha=0.3)
+        ax.legend(title="percentiles", fontsize=8)
+    fig.suptitle("Feature distribution during training: 256 fixed test images, model in eval mode")
+    return fig
+
+
 def confusion_figure(npz, classes: list[str]):
     fig, axes = plt.subplots(1, len(NORMS), figsize=(6.2 * len(NORMS), 6), constrained_layout=True)
     for ax, norm in zip(axes, NORMS):
@@ -88,12 +104,14 @@ def misclassified_figure(npz, norm: str, classes: list[str]):
 def main() -> None:
     logs = {norm: read_log(paths.train_log(norm)) for norm in NORMS}
     save_figure(curves_figure(logs), paths.CURVES_PNG)
+    save_figure(features_figure({norm: read_log(paths.features_log(norm)) for norm in NORMS}), paths.FEATURES_PNG)
     with np.load(paths.MISCLASSIFIED) as npz:
         classes = [str(c) for c in npz["classes"]]
         save_figure(confusion_figure(npz, classes), paths.CONFUSION_PNG)
         for norm in NORMS:
             save_figure(misclassified_figure(npz, norm, classes), paths.misclassified_png(norm))
-    print(f"wrote {paths.CURVES_PNG}, {paths.CONFUSION_PNG} and {len(NORMS)} misclassified grids")
+    print(f"wrote {paths.CURVES_PNG}, {paths.FEATURES_PNG}, {paths.CONFUSION_PNG} and {len(NORMS)} "
+          f"misclassified grids")
 
 
 if __name__ == "__main__":

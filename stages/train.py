@@ -1,6 +1,7 @@
 """Stages `train_bn`, `train_gn`, `train_ln`: `python -m stages.train <norm>` trains one normalization.
 
-Writes models/<norm>.pt (DVC-cached), plots/train/<norm>.csv (per-epoch log) and metrics/train_<norm>.json.
+Writes models/<norm>.pt (DVC-cached), plots/train/<norm>.csv (per-epoch log), plots/features/<norm>.csv
+(per-epoch percentiles of the last block's features on 256 fixed test images) and metrics/train_<norm>.json.
 After every epoch a resume checkpoint goes to checkpoints/<norm>.pt; a re-run with the same params continues
 from it, a re-run with other params starts afresh.
 """
@@ -21,7 +22,12 @@ from stages.checkpoint import CheckpointError, load, model_config, new_model, sa
 from stages.io import write_csv, write_json
 from stages.model import NORMS, count_params
 from stages.params import Params, load_params
-from stages.trainer import Split, fit, pick_device
+from stages.trainer import PERCENTILES, Split, fit, pick_device
+
+
+LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
+FEATURE_COLUMNS = ["epoch"] + [f"p{p}" for p in PERCENTILES]
+FEATURE_PROBE = 256  # first test images, a fixed batch on which the feature percentiles are recorded
 
 
 def fingerprint(params: Params, norm: str, ds: Dataset) -> str:
@@ -66,13 +72,15 @@ def train_norm(norm: str, params: Params, ds: Dataset, device: torch.device) -> 
         rows.append(row)
         print(f"{norm} epoch {epoch}/{params.train.epochs}: train acc {row['train_acc']:.4f} "
               f"test acc {row['test_acc']:.4f} ({row['seconds']:.1f} s)", flush=True)
-        write_csv(paths.train_log(norm), rows)
+        write_csv(paths.train_log(norm), [{k: r[k] for k in LOG_COLUMNS} for r in rows])
+        write_csv(paths.features_log(norm), [{k: r[k] for k in FEATURE_COLUMNS} for r in rows])
         save(paths.checkpoint_path(norm), {
             "run_id": run_id, "epoch": epoch, "rows": rows, "state_dict": model.state_dict(),
             "opt_state": opt_state, "gen_state": gen.get_state(), "torch_rng": torch.get_rng_state(),
             "elapsed": time.perf_counter() - t0})
 
-    fit(model, train, test, params.train, gen, on_epoch, start, opt_state, desc=norm)
+    fit(model, train, test, params.train, gen, on_epoch, start, opt_state, desc=norm,
+        probe=test.x[:FEATURE_PROBE])
     wall = time.perf_counter() - t0
     save(paths.model_path(norm), {"config": config, "state_dict": model.state_dict()})
     last = rows[-1]

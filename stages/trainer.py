@@ -84,6 +84,20 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int, tta_flip: bool, 
     return torch.cat(out)
 
 
+PERCENTILES = (1, 20, 80, 99)  # of the feature distribution, as in the Group Normalization paper's figure
+
+
+@torch.no_grad()
+def feature_percentiles(model: nn.Module, x: torch.Tensor, bf16: bool) -> dict[str, float]:
+    """Percentiles of every value of the last conv block's output (before global pooling) on the uint8
+    images x, with the model in eval mode (as used at test time). Keys p1, p20, p80, p99."""
+    model.eval()
+    with autocast(x.device, bf16):
+        f = model.forward_features(x.float()).float().flatten()
+    q = torch.quantile(f, torch.tensor([p / 100 for p in PERCENTILES], device=f.device))
+    return {f"p{p}": v.item() for p, v in zip(PERCENTILES, q)}
+
+
 def evaluate_split(model: nn.Module, split: Split, cfg: TrainParams, tta_flip: bool) -> tuple[float, float]:
     """(mean cross-entropy loss, accuracy) of the model on a split."""
     logits = predict(model, split.x, cfg.batch_size, tta_flip, cfg.bf16)
@@ -128,9 +142,10 @@ EpochHook = Callable[[int, dict, dict], None]
 
 def fit(model: nn.Module, train: Split, test: Split, cfg: TrainParams, gen: torch.Generator,
         on_epoch: EpochHook | None = None, start_epoch: int = 0, opt_state: dict | None = None,
-        desc: str = "train") -> list[dict]:
+        desc: str = "train", probe: torch.Tensor | None = None) -> list[dict]:
     """Train for epochs start_epoch+1 .. cfg.epochs; returns one row per epoch trained here
-    (epoch, train/test loss and accuracy, lr at the epoch's start, seconds of training).
+    (epoch, train/test loss and accuracy, lr at the epoch's start, seconds of training, and with `probe`,
+    a fixed batch of uint8 images, the percentiles p1/p20/p80/p99 of the last block's features on it).
 
     `on_epoch(epoch, row, opt_state)` runs after each finished epoch (logs, resume checkpoints);
     `opt_state` ({"opt", "sched"} state dicts) passed back in lets an interrupted run continue exactly.
@@ -151,6 +166,8 @@ def fit(model: nn.Module, train: Split, test: Split, cfg: TrainParams, gen: torc
             raise NonFiniteLoss(f"test loss became {test_loss} after epoch {epoch}; lower train.lr")
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
                "test_acc": test_acc, "lr": lr, "seconds": seconds}
+        if probe is not None:
+            row.update(feature_percentiles(model, probe, cfg.bf16))
         rows.append(row)
         if on_epoch is not None:
             on_epoch(epoch, row, {"opt": opt.state_dict(), "sched": sched.state_dict()})

@@ -16,7 +16,8 @@ OUTPUTS = ["data/prepared/data.npz", "data/prepared/meta.json", "models/bn.pt", 
            "plots/train/bn.csv", "plots/train/gn.csv", "plots/train/ln.csv", "metrics/train_bn.json",
            "metrics/train_gn.json", "metrics/train_ln.json", "metrics/eval.json", "data/eval/misclassified.npz",
            "plots/confusion/bn.csv", "plots/confusion/gn.csv", "plots/confusion/ln.csv", "plots/curves.png",
-           "plots/confusion.png", "plots/misclassified_bn.png", "plots/misclassified_gn.png",
+           "plots/confusion.png", "plots/features.png", "plots/features/bn.csv", "plots/features/gn.csv",
+           "plots/features/ln.csv", "plots/misclassified_bn.png", "plots/misclassified_gn.png",
            "plots/misclassified_ln.png"]
 
 
@@ -61,6 +62,7 @@ def test_repro_writes_every_declared_output(repo):
     assert train["epochs"] == 2 and train["params"] < 50_000
     assert (repo / "plots/train/ln.csv").read_text().splitlines()[0] == \
         "epoch,train_loss,train_acc,test_loss,test_acc,lr,seconds"
+    assert (repo / "plots/features/bn.csv").read_text().splitlines()[0] == "epoch,p1,p20,p80,p99"
 
 
 def test_second_repro_changes_nothing(repo):
@@ -104,6 +106,7 @@ def test_plots_show_json_has_overlays_confusion_and_images(repo):
         assert data[f"plots/misclassified_{norm}.png"][0]["type"] == "image"
     assert data["plots/curves.png"][0]["type"] == "image"
     assert data["plots/confusion.png"][0]["type"] == "image"
+    assert data["plots/features.png"][0]["type"] == "image"
     charts = [k for k, v in data.items() if v[0]["type"] == "vega"]
     assert sorted(charts) == ["confusion_bn", "confusion_gn", "confusion_ln", "test_accuracy", "test_loss"]
 

@@ -101,3 +101,12 @@ def test_predict_with_flip_averages_image_and_mirror():
 def test_batch_larger_than_the_data_still_trains():
     rows = fit(small_model(), blobs(10), blobs(10), cfg(batch_size=512, epochs=1), torch.Generator())
     assert len(rows) == 1
+
+
+def test_fit_records_ordered_feature_percentiles_on_the_probe_batch():
+    data = blobs(64)
+    rows = fit(small_model(), data, data, cfg(epochs=2), torch.Generator().manual_seed(0), probe=data.x[:16])
+    for r in rows:
+        assert r["p1"] <= r["p20"] <= r["p80"] <= r["p99"]
+    assert rows[0]["p99"] != rows[1]["p99"]  # the features change as the model trains
+    assert "p1" not in fit(small_model(), data, data, cfg(epochs=1), torch.Generator())[0]

@@ -1,0 +1,55 @@
+
+import pytest
+import torch
+
+from stages.checkpoint import CheckpointError, load, load_model, new_model, save
+
+CONFIG = {"norm": "bn", "widths": [8, 16], "depth": [0], "gn_groups": 4, "in_channels": 3, "classes": 10}
+
+
+def saved(tmp_path, config=CONFIG):
+    path = tmp_path / "m.pt"
+    save(path, {"config": config, "state_dict": new_model(config).state_dict()})
+    return path
+
+
+def test_round_trip(tmp_path):
+    model = load_model(saved(tmp_path), CONFIG)
+    assert model(torch.zeros(1, 3, 8, 8)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("change", [{"norm": "gn"}, {"widths": [8, 24]}, {"classes": 2}])
+def test_model_of_another_norm_or_architecture_is_refused(tmp_path, change):
+    with pytest.raises(CheckpointError, match="holds a model with config .* re-run its training stage"):
+        load_model(saved(tmp_path), {**CONFIG, **change})
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(CheckpointError, match="is missing: run its training stage"):
+        load(tmp_path / "none.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load(bad)
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("code ran while loading",))
+
+
+def test_pickled_code_is_not_executed(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"config": CONFIG, "x": Evil()}, path)
+    with pytest.raises(CheckpointError):
+        load(path)
+    assert "code ran" not in capsys.readouterr().out
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    path = saved(tmp_path)
+    before = path.read_bytes()
+    monkeypatch.setattr(torch, "save", lambda obj, f: (open(f, "wb").write(b"half"), 1 / 0))
+    with pytest.raises(ZeroDivisionError):
+        save(path, {"config": CONFIG})
+    assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
