@@ -252,47 +252,20 @@ def test_truncated_archive(tmp_path, image_folder):
         load_source(str(archive), tmp_path)
 
 
-def tar_with(path, add):
+@pytest.mark.parametrize("name,kind,link,match", [
+    ("top/../../evil/train/a/1.png", tarfile.REGTYPE, "", "unsafe member path"),
+    ("/etc/train/a/1.png", tarfile.REGTYPE, "", "unsafe member path"),
+    ("top/train/a/1.png", tarfile.SYMTYPE, "../../../../etc/passwd", "pointing outside"),
+    ("top/train/a/dev", tarfile.CHRTYPE, "", "device"),
+])
+def test_unsafe_tar_members_are_refused(tmp_path, name, kind, link, match):
+    path = tmp_path / "a.tar"
     with tarfile.open(path, "w") as tar:
-        add(tar)
-    return path
-
-
-def test_tar_member_with_dotdot_is_refused(tmp_path):
-    def add(tar):
-        blob = png_bytes(np.zeros((4, 4, 3), np.uint8))
-        info = tarfile.TarInfo("top/../../evil/train/a/1.png")
-        info.size = len(blob)
-        tar.addfile(info, io.BytesIO(blob))
-    with pytest.raises(DataError, match="unsafe member path"):
-        load_source(str(tar_with(tmp_path / "a.tar", add)), tmp_path)
-
-
-def test_tar_absolute_member_is_refused(tmp_path):
-    def add(tar):
-        info = tarfile.TarInfo("/etc/train/a/1.png")
-        tar.addfile(info, io.BytesIO(b""))
-    with pytest.raises(DataError, match="unsafe member path"):
-        load_source(str(tar_with(tmp_path / "a.tar", add)), tmp_path)
-
-
-def test_tar_link_outside_is_refused(tmp_path):
-    def add(tar):
-        info = tarfile.TarInfo("top/train/a/1.png")
-        info.type = tarfile.SYMTYPE
-        info.linkname = "../../../../etc/passwd"
-        tar.addfile(info)
-    with pytest.raises(DataError, match="pointing outside"):
-        load_source(str(tar_with(tmp_path / "a.tar", add)), tmp_path)
-
-
-def test_tar_device_file_is_refused(tmp_path):
-    def add(tar):
-        info = tarfile.TarInfo("top/train/a/dev")
-        info.type = tarfile.CHRTYPE
-        tar.addfile(info)
-    with pytest.raises(DataError, match="device"):
-        load_source(str(tar_with(tmp_path / "a.tar", add)), tmp_path)
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = kind, link
+        tar.addfile(info, io.BytesIO(b"") if kind == tarfile.REGTYPE else None)
+    with pytest.raises(DataError, match=match):
+        load_source(str(path), tmp_path)
 
 
 def test_zip_traversal_is_refused(tmp_path):

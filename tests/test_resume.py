@@ -37,7 +37,8 @@ def results(repo, norm="bn"):
     metrics = json.loads((repo / f"metrics/train_{norm}.json").read_text())
     with open(repo / f"plots/train/{norm}.csv") as f:
         rows = [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(f)]
-    return {k: v for k, v in metrics.items() if k not in TIMING}, rows
+    features = (repo / f"plots/features/{norm}.csv").read_text()  # no timing in it: compared byte for byte
+    return {k: v for k, v in metrics.items() if k not in TIMING}, rows, features
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,16 @@
+"""The README reports the committed results, and its commands are the ones CI runs."""
+from scripts.results_table import table
+from tests.conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_results_table_is_the_committed_metrics():
+    assert table(ROOT) in README
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "python -m pytest\n```" in README
+    assert ci.strip().splitlines()[-1] == "python -m pytest"
+    assert "pip install -r requirements.txt" in README and "-r requirements.txt" in ci

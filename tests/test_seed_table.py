@@ -1,0 +1,62 @@
+import json
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from scripts import seed_table as S
+from tests.conftest import ROOT
+
+PARAMS = {"norm": "bn", "seed": 0, "model": {"widths": [16, 32]}, "train": {"lr": 0.4}}
+
+
+def rev(name, seed, accs, ts, **changes):
+    metrics = {f"metrics/train_{n}.json": {"data": {"test_acc": a, "test_loss": 1 - a, "train_acc": a + 0.01}}
+               for n, a in zip(S.NORMS, accs)}
+    params = {**PARAMS, "seed": seed, **changes}
+    return {"rev": name, "name": name, "data": {"timestamp": ts, "params": {"params.yaml": {"data": params}},
+                                                "metrics": metrics}}
+
+
+def exp_show(*exps, baseline=None):
+    base = baseline or rev("abc1234", 0, (0.80, 0.70, 0.75), "2026-01-01")
+    return [{"rev": "workspace", "data": base["data"]},  # the workspace repeats HEAD: not counted twice
+            {**base, "experiments": [{"revs": [e]} for e in exps]}]
+
+
+def test_mean_and_sample_std_per_norm(tmp_path):
+    show = exp_show(rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-02"), rev("e2", 2, (0.81, 0.68, 0.76), "2026-01-03"),
+                    rev("e3", 2, (0.50, 0.50, 0.50), "2026-01-01"))  # older run of seed 2: replaced by e2
+    summary = S.summarize(S.by_seed(S.runs_from_exp_show(show)))
+    assert summary["bn"]["test_acc"]["values"] == [0.80, 0.82, 0.81]
+    assert summary["gn"]["test_acc"]["mean"] == pytest.approx(0.70)
+    assert summary["ln"]["test_acc"]["std"] == pytest.approx(statistics.stdev([0.75, 0.74, 0.76]))
+
+
+def test_norm_only_runs_count_as_the_same_recipe():
+    show = exp_show(rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-02", norm="gn"))
+    assert list(S.by_seed(S.runs_from_exp_show(show))) == [0, 1]
+
+
+def test_runs_with_another_recipe_are_refused():
+    show = exp_show(rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-02", train={"lr": 0.2}))
+    with pytest.raises(ValueError, match="run e1 differs from the others in train, not only the seed"):
+        S.by_seed(S.runs_from_exp_show(show))
+
+
+def test_unfinished_runs_are_skipped():
+    broken = rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-02")
+    del broken["data"]["metrics"]["metrics/train_ln.json"]
+    assert list(S.by_seed(S.runs_from_exp_show(exp_show(broken)))) == [0]
+
+
+def test_cli_writes_markdown_and_json(tmp_path):
+    src = tmp_path / "exps.json"
+    src.write_text(json.dumps(exp_show(rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-02"))))
+    out = tmp_path / "seeds.md"
+    r = subprocess.run([sys.executable, "-m", "scripts.seed_table", "--json", str(src), "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "| bn | 81.00 ± 1.41 % |" in out.read_text()
+    assert json.loads(out.with_suffix(".json").read_text())["seeds"] == [0, 1]
