@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import time
 
 import numpy as np
@@ -27,7 +26,7 @@ from stages import paths
 from stages.data import load_dataset
 from stages.model import build_model
 from stages.params import load_params
-from stages.train import channel_stats
+from stages.train import channel_stats, cpu_model
 from stages.trainer import Split, make_optimizer, train_epoch
 
 
@@ -98,7 +97,7 @@ def main() -> None:
     mean, std = channel_stats(torch.from_numpy(x))
     base = time_baseline(params, args.norm, x, y, mean, std)
     ours = time_ours(params, args.norm, x, y, mean, std)
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+    print(f"machine: {cpu_model()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}; norm {args.norm}, {args.images} images")
     print(f"course-style baseline: {base:8.0f} img/s  ({50_000 / base:6.1f} s per 50k-image epoch)")
     print(f"this pipeline:         {ours:8.0f} img/s  ({50_000 / ours:6.1f} s per 50k-image epoch)")
