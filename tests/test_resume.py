@@ -51,8 +51,11 @@ def reference(tmp_path_factory):
 
 def kill_after_epoch(repo, epoch: int, sig) -> None:
     """Start a real training process and send it `sig` once `epoch` epochs are logged."""
+    # SIGINT back to its default in the child, as in a terminal: a non-interactive shell starts background jobs
+    # with SIGINT ignored, and Python keeps an inherited "ignore" (then Ctrl-C could not reach it at all)
     proc = subprocess.Popen([sys.executable, "-m", "stages.train", "bn"], cwd=repo, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:
         if line.startswith(f"bn epoch {epoch}/"):
             proc.send_signal(sig)
