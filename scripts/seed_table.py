@@ -16,7 +16,9 @@ import statistics
 import subprocess
 from pathlib import Path
 
-NORMS = ("bn", "gn", "ln")
+from stages.model import NORMS
+from stages.paths import train_metrics
+
 METRICS = ("test_acc", "test_loss", "train_acc")
 IGNORED_PARAMS = {"seed", "norm"}  # norm only selects what evaluate reports; it does not change training
 
@@ -31,7 +33,7 @@ def runs_from_exp_show(exp_show: list[dict]) -> list[dict]:
         for rev in revs:
             data = rev.get("data") or {}
             metrics = {k: v.get("data", {}) for k, v in (data.get("metrics") or {}).items()}
-            if not all(f"metrics/train_{n}.json" in metrics for n in NORMS):
+            if not all(str(train_metrics(n)) in metrics for n in NORMS):
                 continue  # failed or unfinished run
             params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
             runs.append({"name": rev.get("name") or rev.get("rev", "")[:7], "params": params, "metrics": metrics,
@@ -61,7 +63,7 @@ def summarize(seeds: dict[int, dict]) -> dict:
     for norm in NORMS:
         out[norm] = {}
         for m in METRICS:
-            values = [run["metrics"][f"metrics/train_{norm}.json"][m] for run in seeds.values()]
+            values = [run["metrics"][str(train_metrics(norm))][m] for run in seeds.values()]
             std = statistics.stdev(values) if len(values) > 1 else 0.0
             out[norm][m] = {"mean": statistics.fmean(values), "std": std, "values": values}
     return out

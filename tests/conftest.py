@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import http.server
 import io
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
 import threading
 import zipfile
@@ -117,6 +120,17 @@ def copy_project(dest: Path) -> Path:
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(ROOT / name, dest / name)
     return dest
+
+
+def module_env(repo: Path, **extra: str) -> dict:
+    """Environment for running the project's modules from a copy at `repo`."""
+    return {**os.environ, "PYTHONPATH": str(repo), **extra}
+
+
+def run_module(repo: Path, module: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """`python -m module args` in repo (a project copy), output captured."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=repo, capture_output=True, text=True,
+                          env=module_env(repo, **env))
 
 
 def png_bytes(arr: np.ndarray) -> bytes:

@@ -1,13 +1,10 @@
 """The real 60,000-image archive from ../shared/data (present on the developers' machines and CI)."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from stages.data import CIFAR10_JPEG, MIRROR_ENV
-from tests.conftest import ROOT, SHARED_DATA, copy_project
+from tests.conftest import SHARED_DATA, copy_project, run_module
 
 ARCHIVE = SHARED_DATA / CIFAR10_JPEG.filename
 
@@ -15,8 +12,7 @@ ARCHIVE = SHARED_DATA / CIFAR10_JPEG.filename
 @pytest.mark.skipif(not ARCHIVE.is_file(), reason=f"{ARCHIVE} not present")
 def test_download_stage_verifies_and_prepares_the_real_archive(tmp_path):
     repo = copy_project(tmp_path / "p")
-    env = {**os.environ, MIRROR_ENV: str(SHARED_DATA), "PYTHONPATH": str(repo)}
-    r = subprocess.run([sys.executable, "-m", "stages.download"], cwd=repo, env=env, capture_output=True, text=True)
+    r = run_module(repo, "stages.download", **{MIRROR_ENV: str(SHARED_DATA)})
     assert r.returncode == 0, r.stderr
     meta = json.loads((repo / "data/prepared/meta.json").read_text())
     assert meta["fingerprint_sha256"] == CIFAR10_JPEG.fingerprint == \

@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
 
-from tests.conftest import copy_project
+from tests.conftest import copy_project, module_env, run_module
 
 TIMING = {"seconds", "wall_seconds", "seconds_per_epoch"}  # wall-clock values: the only fields that may differ
 
@@ -23,13 +21,8 @@ def project(path, epochs=6):
     params["data"]["source"] = "digits"
     params["train"].update(epochs=epochs, batch_size=64)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(repo, "stages.download")
+    run_module(repo, "stages.download")
     return repo
-
-
-def run(repo, module, *args, **kw):
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=repo, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(repo)}, **kw)
 
 
 def results(repo, norm="bn"):
@@ -44,7 +37,7 @@ def results(repo, norm="bn"):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     repo = project(tmp_path_factory.mktemp("ref"))
-    r = run(repo, "stages.train", "bn")
+    r = run_module(repo, "stages.train", "bn")
     assert r.returncode == 0, r.stderr
     return results(repo), (repo / "models/bn.pt").read_bytes()
 
@@ -54,7 +47,7 @@ def kill_after_epoch(repo, epoch: int, sig) -> None:
     # SIGINT back to its default in the child, as in a terminal: a non-interactive shell starts background jobs
     # with SIGINT ignored, and Python keeps an inherited "ignore" (then Ctrl-C could not reach it at all)
     proc = subprocess.Popen([sys.executable, "-m", "stages.train", "bn"], cwd=repo, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
+                            stderr=subprocess.STDOUT, text=True, env=module_env(repo),
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:
         if line.startswith(f"bn epoch {epoch}/"):
@@ -70,7 +63,7 @@ def test_killed_training_resumes_to_the_same_result(tmp_path, reference, sig):
     kill_after_epoch(repo, 2, sig)
     assert not (repo / "models/bn.pt").exists() and not (repo / "metrics/train_bn.json").exists()
     assert not list(repo.rglob(".*.tmp*"))  # no half-written file anywhere
-    r = run(repo, "stages.train", "bn")
+    r = run_module(repo, "stages.train", "bn")
     assert r.returncode == 0, r.stderr
     assert "resuming after epoch" in r.stdout
     assert results(repo) == reference[0]
@@ -83,7 +76,7 @@ def test_changed_params_restart_instead_of_resuming(tmp_path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["lr"] = params["train"]["lr"] / 2
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    r = run(repo, "stages.train", "bn")
+    r = run_module(repo, "stages.train", "bn")
     assert r.returncode == 0, r.stderr
     assert "training from scratch" in r.stdout and "resuming" not in r.stdout
     assert [row["epoch"] for row in results(repo)[1]] == [str(e) for e in range(1, 7)]
@@ -91,6 +84,6 @@ def test_changed_params_restart_instead_of_resuming(tmp_path):
 
 def test_same_seed_gives_identical_outputs(tmp_path, reference):
     repo = project(tmp_path)
-    assert run(repo, "stages.train", "bn").returncode == 0
+    assert run_module(repo, "stages.train", "bn").returncode == 0
     assert results(repo) == reference[0]
     assert (repo / "models/bn.pt").read_bytes() == reference[1]
