@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -140,10 +141,23 @@ def check_budget(model: ModelParams) -> None:
             raise ParamsError(f"params.yaml: model: {e}") from None
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader that also reads exponent floats without a dot (1e-05, 5E+3) as floats, as YAML 1.2 does.
+
+    Why: `dvc exp run -S train.l1=1e-5` writes `l1: 1e-05` (DVC's YAML library is YAML 1.2), which PyYAML's
+    YAML 1.1 rules would read as the string '1e-05'.
+    """
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_Yaml12Loader)
     except FileNotFoundError:
         raise ParamsError(f"{path} not found: run from the project root") from None
     except yaml.YAMLError as e:

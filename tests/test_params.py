@@ -1,4 +1,5 @@
 import copy
+import re
 
 import pytest
 import yaml
@@ -95,3 +96,15 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("norm: [bn\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_exponent_floats_as_dvc_writes_them_are_numbers(tmp_path):
+    # `dvc exp run -S train.l1=1e-5` writes `l1: 1e-05`: a string to plain PyYAML (YAML 1.1), a float in YAML 1.2
+    text = (ROOT / "params.yaml").read_text()
+    text = re.sub(r"(?m)^  l1: .*$", "  l1: 1e-05", text)
+    text = re.sub(r"(?m)^  lr: .*$", "  lr: 4E-1", text)
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    params = load_params(path)
+    assert params.train.l1 == 1e-5 and params.train.lr == 0.4
+    assert load_params(ROOT / "params.yaml").data.source == "cifar10-jpeg"  # strings stay strings

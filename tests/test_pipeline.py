@@ -91,6 +91,18 @@ def test_selecting_gn_reruns_only_evaluate_and_shows_in_metrics_diff(repo):
     sh(repo, "git", "checkout", "--", "params.yaml", "dvc.lock", "metrics")
 
 
+def test_documented_l1_experiment_runs_only_train_bn(repo):
+    # the README's command; DVC writes the value back as `l1: 1e-05`, which the params loader must read
+    out = sh(repo, "dvc", "exp", "run", "train_bn", "-S", "train.l1=1e-5")
+    assert "Running stage 'train_bn'" in out
+    assert not any(f"Running stage '{s}'" in out for s in ("train_gn", "train_ln", "evaluate", "plot"))
+    assert "l1: 1e-05" in (repo / "params.yaml").read_text()
+    diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json"))
+    assert "test_loss" in diff["metrics/train_bn.json"]
+    sh(repo, "git", "checkout", "--", "params.yaml", "dvc.lock", "metrics", "plots")
+    sh(repo, "dvc", "checkout", "-q")
+
+
 def test_gn_only_param_reruns_only_train_gn_and_downstream(repo):
     status = json.loads(sh(repo, "dvc", "status", "--json"))
     assert status == {}
