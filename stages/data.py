@@ -342,7 +342,7 @@ def read_cifar10_archive(archive: Path, md5: str) -> Dataset:
     from torchvision.datasets import CIFAR10
     got = file_md5(archive)
     if got != md5:
-        raise DataError(f"{archive}: md5 mismatch: expected {md5}, got {got}; delete it and download again")
+        raise DataError(f"{archive}: md5 mismatch: expected {md5}, got {got}; it is not the official archive: replace it")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             with tarfile.open(archive, "r:*") as tar:

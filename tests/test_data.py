@@ -209,7 +209,8 @@ def test_official_cifar10_from_mirror_and_md5_mismatch(tmp_path, monkeypatch):
     patch_cifar(monkeypatch, md5s, D.file_md5(archive), "http://127.0.0.1:9/unreachable")
     assert load_source("cifar10", tmp_path / "cache").x_train.shape[0] == 20
     patch_cifar(monkeypatch, md5s, "f" * 32, "http://127.0.0.1:9/unreachable")
-    with pytest.raises(DataError, match=f"md5 mismatch: expected {'f' * 32}, got {D.file_md5(archive)}"):
+    expected = f"md5 mismatch: expected {'f' * 32}, got {D.file_md5(archive)}; it is not the official archive: replace it"
+    with pytest.raises(DataError, match=expected):
         load_source("cifar10", tmp_path / "cache")
 
 
