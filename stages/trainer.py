@@ -62,6 +62,13 @@ def one_cycle(step: int, total: int, warmup: float) -> float:
     return max(0.0, (total - step) / max(1, total - warm))
 
 
+def epoch_batches(n: int, batch_size: int) -> tuple[int, int]:
+    """(images per step, steps per epoch) for n training images. The last partial batch is dropped:
+    BN needs more than one sample per batch."""
+    bs = min(batch_size, n)
+    return bs, n // bs
+
+
 def make_optimizer(model: nn.Module, cfg: TrainParams, steps_total: int):
     opt = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
                           nesterov=cfg.momentum > 0)  # Nesterov needs momentum
@@ -112,8 +119,7 @@ def train_epoch(model: nn.Module, data: Split, cfg: TrainParams, opt, sched, gen
     model.train()
     x = cutout(random_crop_flip(data.x, cfg.crop_pad, gen), cfg.cutout, gen)
     order = torch.randperm(len(x), generator=gen, device=x.device)
-    bs = min(cfg.batch_size, len(x))
-    steps = len(x) // bs  # drop the last partial batch: BN needs more than one sample per batch
+    bs, steps = epoch_batches(len(x), cfg.batch_size)
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device)
     for step in tqdm(range(steps), desc=f"{desc} epoch {epoch}/{cfg.epochs}", leave=False, disable=None):
@@ -150,8 +156,7 @@ def fit(model: nn.Module, train: Split, test: Split, cfg: TrainParams, gen: torc
     `on_epoch(epoch, row, opt_state)` runs after each finished epoch (logs, resume checkpoints);
     `opt_state` ({"opt", "sched"} state dicts) passed back in lets an interrupted run continue exactly.
     """
-    steps_per_epoch = len(train.x) // min(cfg.batch_size, len(train.x))
-    opt, sched = make_optimizer(model, cfg, cfg.epochs * steps_per_epoch)
+    opt, sched = make_optimizer(model, cfg, cfg.epochs * epoch_batches(len(train.x), cfg.batch_size)[1])
     if opt_state is not None:
         opt.load_state_dict(opt_state["opt"])
         sched.load_state_dict(opt_state["sched"])

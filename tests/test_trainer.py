@@ -5,8 +5,8 @@ import torch
 
 from stages.model import build_model
 from stages.params import load_params
-from stages.trainer import NonFiniteLoss, Split, fit, l1_penalty, one_cycle, param_groups, predict, train_epoch, \
-    make_optimizer
+from stages.trainer import NonFiniteLoss, Split, epoch_batches, fit, l1_penalty, make_optimizer, one_cycle, \
+    param_groups, predict, train_epoch
 from tests.conftest import ROOT
 
 BASE = load_params(ROOT / "params.yaml").train
@@ -110,3 +110,9 @@ def test_fit_records_ordered_feature_percentiles_on_the_probe_batch():
         assert r["p1"] <= r["p20"] <= r["p80"] <= r["p99"]
     assert rows[0]["p99"] != rows[1]["p99"]  # the features change as the model trains
     assert "p1" not in fit(small_model(), data, data, cfg(epochs=1), torch.Generator())[0]
+
+
+def test_epoch_batches_drop_the_partial_batch_and_cap_at_the_set_size():
+    assert epoch_batches(1000, 512) == (512, 1)  # the last 488 images wait for the next (reshuffled) epoch
+    assert epoch_batches(1024, 512) == (512, 2)
+    assert epoch_batches(100, 512) == (100, 1)  # a set smaller than a batch is one batch
