@@ -1,0 +1,75 @@
+"""The batch-size study (scripts/batch_size_study.py): recipe scaling, fixed subset, and a real run on digits."""
+import csv
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from scripts import batch_size_study as B
+from stages.params import load_params
+from stages.trainer import Split
+from tests.conftest import ROOT, copy_project, run_module
+
+
+def test_lr_scales_linearly_with_batch_size_and_nothing_else_changes():
+    params = load_params(ROOT / "params.yaml")
+    cfg = B.scaled_recipe(params, 8, 3)
+    assert cfg.lr == pytest.approx(params.train.lr * 8 / params.train.batch_size)
+    assert (cfg.batch_size, cfg.epochs) == (8, 3)
+    assert cfg.momentum == params.train.momentum and cfg.weight_decay == params.train.weight_decay
+    assert cfg.label_smoothing == params.train.label_smoothing and cfg.crop_pad == params.train.crop_pad
+
+
+def test_subset_is_fixed_by_seed_and_checked():
+    split = Split(torch.arange(100).view(100, 1, 1, 1).to(torch.uint8), torch.arange(100))
+    a, b, c = B.subset(split, 30, 0), B.subset(split, 30, 0), B.subset(split, 30, 1)
+    assert torch.equal(a.y, b.y) and not torch.equal(a.y, c.y)
+    assert len(a.y.unique()) == 30 and torch.equal(a.x.view(-1).long(), a.y)  # images stay with their labels
+    with pytest.raises(ValueError, match="--train-images must be in 1..100, got 101"):
+        B.subset(split, 101, 0)
+
+
+def rows(errors: dict) -> list[dict]:
+    return [{"norm": n, "batch_size": b, "test_error": e, "epochs": 2, "train_images": 100, "test_images": 50,
+             "seed": 0, "lr": 0.4 * b / 512} for (n, b), e in errors.items()]
+
+
+def test_table_has_one_row_per_norm_and_one_column_per_batch_size():
+    md = B.markdown(rows({("bn", 2): 0.5, ("bn", 32): 0.25, ("gn", 2): 0.3, ("gn", 32): 0.3125}))
+    assert "| norm | batch 2 | batch 32 |" in md
+    assert "| bn | 50.00 | 25.00 |" in md and "| gn | 30.00 | 31.25 |" in md
+    assert "lr = 0.00078125 x batch size" in md
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-sizes", "1", "8"], "--batch-sizes must each be in 2..--train-images (64)"),
+    (["--batch-sizes", "128"], "--batch-sizes must each be in 2..--train-images (64)"),
+    (["--epochs", "21"], "--epochs must be in 1..20, got 21"),
+])
+def test_bad_arguments_are_refused_by_name(args, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        B.main(["--train-images", "64", *args])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_real_run_on_digits_writes_table_csv_and_plot(tmp_path):
+    repo = copy_project(tmp_path / "proj")
+    shutil.copytree(ROOT / "scripts", repo / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["source"] = "digits"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert run_module(repo, "stages.download").returncode == 0
+    r = run_module(repo, "scripts.batch_size_study", "--epochs", "2", "--train-images", "256",
+                   "--batch-sizes", "32", "2", "--jobs", "2")
+    assert r.returncode == 0, r.stderr
+    with open(repo / "metrics/batch_size.csv", newline="") as f:
+        got = list(csv.DictReader(f))
+    assert [(g["norm"], int(g["batch_size"])) for g in got] == [(n, b) for n in ("bn", "gn", "ln") for b in (2, 32)]
+    for g in got:
+        assert float(g["lr"]) == pytest.approx(0.4 * int(g["batch_size"]) / 512)
+        assert int(g["train_images"]) == 256 and int(g["test_images"]) > 0
+        assert 0.0 <= float(g["test_error"]) < 0.9  # learned something even in 2 epochs (chance is 0.9)
+    assert "| bn |" in (repo / "metrics/batch_size.md").read_text()
+    assert (repo / "plots/batch_size.png").stat().st_size > 10_000
