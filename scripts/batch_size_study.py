@@ -10,18 +10,27 @@ uses the batch's statistics while training and its running statistics at test ti
 Every model is tested on the whole test set. Writes a CSV and a markdown table of test error per norm and batch
 size, and a plot of test error vs batch size with one line per norm.
 
+With `--seeds 0 1 2` every point is run per seed and the table and plot show mean ± std. Each finished run
+is added to the CSV at once; a re-run reuses the CSV's rows of the same recipe (params, epochs, subset), so
+an interrupted study continues and more seeds can be added later. Rows of another recipe are replaced.
+
 Runs are independent, so they go to `--jobs` worker processes (1 thread each by default: at batch 2 one
 thread is faster per step than two on this CPU, so two 1-thread jobs do twice the work).
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import hashlib
+import json
 import os
+import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -60,12 +69,21 @@ def scaled_recipe(params: Params, batch_size: int, epochs: int):
     return dataclasses.replace(cfg, batch_size=batch_size, epochs=epochs, lr=cfg.lr * batch_size / cfg.batch_size)
 
 
+def recipe_id(params: Params, epochs: int, train_images: int) -> str:
+    """Short hash of everything a run's result depends on besides (norm, batch size, seed): finished rows in
+    the CSV are reused only by a study with the same recipe id."""
+    what = {"data": params.data.source, "model": dataclasses.asdict(params.model), "epochs": epochs,
+            "train": dataclasses.asdict(params.train), "train_images": train_images, "subset_seed": params.seed}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def train_and_test(norm: str, params: Params, ds: Dataset, train: Split, test: Split, batch_size: int,
-                   epochs: int) -> dict:
-    """One run: fresh model (seeded by params.seed), `epochs` epochs at `batch_size`, then the test error."""
+                   epochs: int, seed: int) -> dict:
+    """One run: fresh model, `epochs` epochs at `batch_size` (init, shuffling, augmentation seeded by `seed`),
+    then the test error in eval mode (BN: running statistics)."""
     cfg = scaled_recipe(params, batch_size, epochs)
-    torch.manual_seed(params.seed)
-    gen = torch.Generator().manual_seed(params.seed)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
     model = new_model(model_config(params, norm, ds), *channel_stats(train.x)).to(memory_format=torch.channels_last)
     opt, sched = make_optimizer(model, cfg, epochs * epoch_batches(len(train.x), batch_size)[1])
     t0 = time.perf_counter()
@@ -73,9 +91,27 @@ def train_and_test(norm: str, params: Params, ds: Dataset, train: Split, test: S
         train_loss, train_acc = train_epoch(model, train, cfg, opt, sched, gen, epoch, f"{norm} batch {batch_size}")
     seconds = time.perf_counter() - t0
     test_loss, test_acc = evaluate_split(model, test, dataclasses.replace(cfg, batch_size=EVAL_BATCH), cfg.tta_flip)
-    return {"norm": norm, "batch_size": batch_size, "lr": cfg.lr, "epochs": epochs, "train_images": len(train.x),
-            "test_images": len(test.x), "seed": params.seed, "train_acc": train_acc, "test_acc": test_acc, "test_error": 1 - test_acc,
-            "test_loss": test_loss, "seconds": seconds}
+    return {"recipe": recipe_id(params, epochs, len(train.x)), "norm": norm, "batch_size": batch_size, "seed": seed,
+            "lr": cfg.lr, "epochs": epochs, "train_images": len(train.x), "test_images": len(test.x),
+            "train_acc": train_acc, "test_acc": test_acc, "test_error": 1 - test_acc, "test_loss": test_loss,
+            "seconds": seconds}
+
+
+COLUMNS = {"recipe": str, "norm": str, "batch_size": int, "seed": int, "lr": float, "epochs": int,
+           "train_images": int, "test_images": int, "train_acc": float, "test_acc": float, "test_error": float,
+           "test_loss": float, "seconds": float}
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a previous (possibly interrupted) study's CSV; [] if there is none."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [{k: typ(r[k]) for k, typ in COLUMNS.items()} for r in csv.DictReader(f)]
+
+
+def sort_rows(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: (NORMS.index(r["norm"]), r["batch_size"], r["seed"]))
 
 
 _WORKER: dict = {}  # per worker process: params, dataset and splits, loaded once by _init
@@ -89,51 +125,74 @@ def _init(params_path: str, prepared: str, train_images: int, threads: int) -> N
     _WORKER.update(params=params, ds=ds, train=subset(train, train_images, params.seed), test=test)
 
 
-def _run(job: tuple[str, int, int]) -> dict:
-    norm, batch_size, epochs = job
+def _run(job: tuple[str, int, int, int]) -> dict:
+    norm, batch_size, epochs, seed = job
     w = _WORKER
-    row = train_and_test(norm, w["params"], w["ds"], w["train"], w["test"], batch_size, epochs)
-    print(f"{norm} batch {batch_size:4d}: test error {100 * row['test_error']:.2f} % "
+    row = train_and_test(norm, w["params"], w["ds"], w["train"], w["test"], batch_size, epochs, seed)
+    print(f"{norm} batch {batch_size:4d} seed {seed}: test error {100 * row['test_error']:.2f} % "
           f"({row['seconds']:.0f} s)", flush=True)
     return row
 
 
-def run_study(norms, batch_sizes, epochs: int, train_images: int, jobs: int, threads: int,
-              params_path: Path = paths.PARAMS, prepared: Path = paths.PREPARED) -> list[dict]:
-    """Every (norm, batch size) run, smallest batches (the slowest) first; rows sorted by norm, batch size."""
-    todo = [(n, b, epochs) for b in sorted(batch_sizes) for n in norms]
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init,
-                             initargs=(str(params_path), str(prepared), train_images, threads)) as pool:
-        rows = list(pool.map(_run, todo))
-    return sorted(rows, key=lambda r: (NORMS.index(r["norm"]), r["batch_size"]))
+def run_study(norms, batch_sizes, seeds, epochs: int, train_images: int, jobs: int, threads: int,
+              done: list[dict], on_row: Callable[[list[dict]], None], params_path: Path = paths.PARAMS,
+              prepared: Path = paths.PREPARED) -> list[dict]:
+    """Every (norm, batch size, seed) run not already in `done` (rows of the same recipe), smallest batches
+    (the slowest) first; `on_row(rows so far)` after each finished run. Returns the sorted rows."""
+    recipe = recipe_id(load_params(params_path), epochs, train_images)
+    have = {(r["norm"], r["batch_size"], r["seed"]): r for r in done if r["recipe"] == recipe}
+    todo = [(n, b, epochs, s) for b in sorted(batch_sizes) for s in seeds for n in norms if (n, b, s) not in have]
+    rows = [have[n, b, s] for n in norms for b in batch_sizes for s in seeds if (n, b, s) in have]
+    if todo:
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init,
+                                 initargs=(str(params_path), str(prepared), train_images, threads)) as pool:
+            for fut in as_completed([pool.submit(_run, job) for job in todo]):
+                rows.append(fut.result())
+                on_row(sort_rows(rows))
+    return sort_rows(rows)
+
+
+def summarize(rows: list[dict]) -> dict[tuple[str, int], tuple[float, float, int]]:
+    """(norm, batch size) -> (mean, sample std (0 for one seed), number of seeds) of the test error."""
+    out = {}
+    for key in dict.fromkeys((r["norm"], r["batch_size"]) for r in rows):
+        errs = [r["test_error"] for r in rows if (r["norm"], r["batch_size"]) == key]
+        out[key] = (statistics.fmean(errs), statistics.stdev(errs) if len(errs) > 1 else 0.0, len(errs))
+    return out
 
 
 def markdown(rows: list[dict]) -> str:
-    sizes = sorted({r["batch_size"] for r in rows})
-    norms = [n for n in NORMS if any(r["norm"] == n for r in rows)]
-    err = {(r["norm"], r["batch_size"]): r["test_error"] for r in rows}
+    stats = summarize(rows)
+    sizes = sorted({b for _, b in stats})
+    norms = [n for n in NORMS if any(k[0] == n for k in stats)]
+    seeds = sorted({r["seed"] for r in rows})
     first = rows[0]
+    cell = lambda m, s, k: f"{100 * m:.2f} ± {100 * s:.2f}" if k > 1 else f"{100 * m:.2f}"  # noqa: E731
     lines = [f"Test error (%) on the {first['test_images']} test images after {first['epochs']} epochs on a fixed "
-             f"random {first['train_images']} of the training images (seed {first['seed']}); lr = "
-             f"{first['lr'] / first['batch_size']:.6g} x batch size.", "",
+             f"random {first['train_images']} of the training images; lr = {first['lr'] / first['batch_size']:.6g}"
+             f" x batch size; seeds {', '.join(map(str, seeds))}" + (" (mean ± sample std)." if len(seeds) > 1
+                                                                     else "."), "",
              "| norm | " + " | ".join(f"batch {b}" for b in sizes) + " |", "|---|" + "---|" * len(sizes)]
     for n in norms:
-        lines.append(f"| {n} | " + " | ".join(f"{100 * err[n, b]:.2f}" for b in sizes) + " |")
+        lines.append(f"| {n} | " + " | ".join(cell(*stats[n, b]) if (n, b) in stats else "" for b in sizes) + " |")
     return "\n".join(lines) + "\n"
 
 
 def figure(rows: list[dict]):
+    stats = summarize(rows)
     fig, ax = plt.subplots(figsize=(7, 4.6), constrained_layout=True)
     for norm in NORMS:
-        mine = [r for r in rows if r["norm"] == norm]
-        if mine:
-            ax.plot([r["batch_size"] for r in mine], [100 * r["test_error"] for r in mine], marker="o",
-                    color=COLORS[norm], label=LABELS[norm])
-    sizes = sorted({r["batch_size"] for r in rows})
+        keys = sorted(k for k in stats if k[0] == norm)
+        if keys:
+            ax.errorbar([b for _, b in keys], [100 * stats[k][0] for k in keys], [100 * stats[k][1] for k in keys],
+                        marker="o", capsize=3, color=COLORS[norm], label=LABELS[norm])
+    sizes = sorted({b for _, b in stats})
+    seeds = len({r["seed"] for r in rows})
     ax.set_xscale("log", base=2)
     ax.set_xticks(sizes, [str(b) for b in sizes])
     ax.set(xlabel="batch size (images per SGD step; lr scaled linearly)", ylabel="test error (%)",
-           title=f"Test error vs batch size: {rows[0]['epochs']} epochs on {rows[0]['train_images']} images")
+           title=f"Test error vs batch size: {rows[0]['epochs']} epochs on {rows[0]['train_images']} images"
+                 + (f", mean ± std of {seeds} seeds" if seeds > 1 else ""))
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
@@ -143,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
     ap.add_argument("--norms", nargs="+", choices=NORMS, default=list(NORMS))
+    ap.add_argument("--seeds", type=int, nargs="+", help="run seeds (default: params.yaml's seed)")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--train-images", type=int, default=10_000, help="random training subset (fixed by seed)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel runs")
@@ -156,8 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     if any(not 2 <= b <= args.train_images for b in args.batch_sizes):
         ap.error(f"--batch-sizes must each be in 2..--train-images ({args.train_images}): BN needs 2 images "
                  f"per batch; got {args.batch_sizes}")
-    rows = run_study(args.norms, args.batch_sizes, args.epochs, args.train_images, args.jobs, args.threads)
-    write_csv(args.csv, rows)
+    seeds = args.seeds if args.seeds is not None else [load_params(paths.PARAMS).seed]
+    rows = run_study(args.norms, args.batch_sizes, seeds, args.epochs, args.train_images, args.jobs, args.threads,
+                     read_rows(args.csv), lambda rows: write_csv(args.csv, rows))
     write_text(args.md, markdown(rows))
     save_figure(figure(rows), args.png)
     print(markdown(rows), end="")

@@ -1,6 +1,7 @@
 """The batch-size study (scripts/batch_size_study.py): recipe scaling, fixed subset, and a real run on digits."""
 import csv
 import shutil
+import statistics
 
 import pytest
 import torch
@@ -42,6 +43,22 @@ def test_table_has_one_row_per_norm_and_one_column_per_batch_size():
     assert "lr = 0.00078125 x batch size" in md
 
 
+def test_seeds_give_mean_and_sample_std():
+    rs = rows({("ln", 8): 0.30}) + rows({("ln", 8): 0.34})
+    rs[1]["seed"] = 1
+    assert B.summarize(rs)[("ln", 8)] == pytest.approx((0.32, statistics.stdev([0.30, 0.34]), 2))
+    assert "| ln | 32.00 ± 2.83 |" in B.markdown(rs) and "seeds 0, 1 (mean ± sample std)" in B.markdown(rs)
+
+
+def test_finished_runs_of_the_same_recipe_are_reused_not_rerun():
+    recipe = B.recipe_id(load_params(ROOT / "params.yaml"), 2, 100)
+    done = [{**r, "recipe": recipe} for r in rows({("bn", 2): 0.5, ("gn", 2): 0.4})]
+    calls = []
+    got = B.run_study(["gn", "bn"], [2], [0], 2, 100, 1, 1, done, calls.append, ROOT / "params.yaml")
+    assert [r["norm"] for r in got] == ["bn", "gn"] and calls == []  # no worker started, nothing rewritten
+    assert B.recipe_id(load_params(ROOT / "params.yaml"), 3, 100) != recipe  # another epoch count: not reused
+
+
 @pytest.mark.parametrize("args, message", [
     (["--batch-sizes", "1", "8"], "--batch-sizes must each be in 2..--train-images (64)"),
     (["--batch-sizes", "128"], "--batch-sizes must each be in 2..--train-images (64)"),
@@ -73,3 +90,11 @@ def test_real_run_on_digits_writes_table_csv_and_plot(tmp_path):
         assert 0.0 <= float(g["test_error"]) < 0.9  # learned something even in 2 epochs (chance is 0.9)
     assert "| bn |" in (repo / "metrics/batch_size.md").read_text()
     assert (repo / "plots/batch_size.png").stat().st_size > 10_000
+    # a second seed later: only the new runs train, the first seed's rows are reused from the CSV
+    r = run_module(repo, "scripts.batch_size_study", "--epochs", "2", "--train-images", "256",
+                   "--batch-sizes", "32", "2", "--jobs", "2", "--seeds", "0", "1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("seed 1: test error") == 6 and "seed 0: test error" not in r.stdout
+    with open(repo / "metrics/batch_size.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 12
+    assert "± " in (repo / "metrics/batch_size.md").read_text()
