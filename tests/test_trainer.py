@@ -116,3 +116,19 @@ def test_epoch_batches_drop_the_partial_batch_and_cap_at_the_set_size():
     assert epoch_batches(1000, 512) == (512, 1)  # the last 488 images wait for the next (reshuffled) epoch
     assert epoch_batches(1024, 512) == (512, 2)
     assert epoch_batches(100, 512) == (100, 1)  # a set smaller than a batch is one batch
+
+
+def test_bn_trained_at_batch_2_tests_with_running_statistics():
+    # the batch-size study's premise: batch statistics while training, running averages at test time, so a
+    # test image's logits do not depend on which other images share its test batch
+    model, data = small_model("bn"), blobs()
+    c = cfg(batch_size=2, epochs=1)
+    train_epoch(model, data, c, *make_optimizer(model, c, epoch_batches(len(data.x), 2)[1]),
+                torch.Generator().manual_seed(0), 1)
+    bn = model.features[0][1]
+    assert bn.num_batches_tracked.item() == 32  # one running-stat update per batch-2 step
+    alone = predict(model, data.x[:1], 1, False, False)
+    in_batch = predict(model, data.x, 64, False, False)[:1]
+    assert torch.allclose(alone, in_batch, atol=1e-5)
+    model.train()
+    assert not torch.allclose(model(data.x[:2].float())[:1], model(data.x[:1].repeat(2, 1, 1, 1).float())[:1])
