@@ -14,3 +14,13 @@ def test_ci_runs_the_readme_test_command():
     assert "python -m pytest\n```" in README
     assert ci.strip().splitlines()[-1] == "python -m pytest"
     assert "pip install -r requirements.txt" in README and "-r requirements.txt" in ci
+
+
+def test_readme_study_tables_are_the_committed_ones():
+    for name in ("seeds.md", "batch_size.md"):
+        assert (ROOT / "metrics" / name).read_text().strip() in README, name
+
+
+def test_committed_batch_size_table_is_rendered_from_the_committed_runs():
+    from scripts.batch_size_study import markdown, read_rows
+    assert markdown(read_rows(ROOT / "metrics" / "batch_size.csv")) == (ROOT / "metrics" / "batch_size.md").read_text()
