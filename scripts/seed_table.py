@@ -2,7 +2,7 @@
 
     dvc exp run --queue -S seed=0,1,2 && dvc queue start    # train every norm for each seed
     dvc queue status                                        # wait until all are done
-    python -m scripts.seed_table --out metrics/seeds.md     # table of mean ± std per norm
+    python -m scripts.seed_table --out metrics/seeds.md --png plots/seeds.png   # mean ± std per norm
 
 It reads `dvc exp show --json` (or a saved copy: --json FILE): the committed baseline and every experiment.
 Runs are grouped by `seed` (one run per seed; the newest wins); runs that differ in any other training
@@ -16,8 +16,10 @@ import statistics
 import subprocess
 from pathlib import Path
 
+from stages.io import write_json, write_text
 from stages.model import NORMS
 from stages.paths import train_metrics
+from stages.plot import save_figure
 
 METRICS = ("test_acc", "test_loss", "train_acc")
 IGNORED_PARAMS = {"seed", "norm"}  # norm only selects what evaluate reports; it does not change training
@@ -31,13 +33,15 @@ def runs_from_exp_show(exp_show: list[dict]) -> list[dict]:
         for exp in top.get("experiments") or []:
             revs += exp.get("revs", [])
         for rev in revs:
+            if rev.get("error"):
+                continue  # a failed experiment still lists its baseline's metrics: not a result
             data = rev.get("data") or {}
             metrics = {k: v.get("data", {}) for k, v in (data.get("metrics") or {}).items()}
             if not all(str(train_metrics(n)) in metrics for n in NORMS):
                 continue  # failed or unfinished run
             params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
-            runs.append({"name": rev.get("name") or rev.get("rev", "")[:7], "params": params, "metrics": metrics,
-                         "timestamp": data.get("timestamp") or ""})
+            runs.append({"name": rev.get("name") or rev.get("rev", "")[:7], "rev": rev.get("rev", ""),
+                         "params": params, "metrics": metrics, "timestamp": data.get("timestamp") or ""})
     return runs
 
 
@@ -81,22 +85,52 @@ def markdown(summary: dict, seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def figure(summary: dict, seeds: list[int]):
+    """Test accuracy per norm: mean ± std bar and one dot per seed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from stages.plot import COLORS, LABELS
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
+    for i, (norm, s) in enumerate(summary.items()):
+        acc = s["test_acc"]
+        ax.bar(i, 100 * acc["mean"], yerr=100 * acc["std"], capsize=6, color=COLORS[norm], alpha=0.6)
+        ax.scatter([i] * len(acc["values"]), [100 * v for v in acc["values"]], color="black", s=14, zorder=3)
+        ax.annotate(f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}", (i, 100 * (acc["mean"] + acc["std"])),
+                    textcoords="offset points", xytext=(0, 6), ha="center", fontsize=9)
+    lows = [min(s["test_acc"]["values"]) for s in summary.values()]
+    ax.set_ylim(100 * min(lows) - 3, 100 * max(s["test_acc"]["mean"] + s["test_acc"]["std"] for s in summary.values()) + 2)
+    ax.set_xticks(range(len(summary)), [LABELS[n] for n in summary], fontsize=8)
+    ax.set(ylabel="test accuracy (%)", title=f"Test accuracy over seeds {', '.join(map(str, seeds))}: "
+                                            "mean ± std, dots are single runs")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="a saved `dvc exp show --json`; default: run it here")
+    ap.add_argument("--summary", help="draw --png from a summary written by --out (its .json) instead of runs")
     ap.add_argument("--out", help="also write the markdown table here (and the numbers next to it as .json)")
+    ap.add_argument("--png", help="also draw the per-norm test accuracy over seeds here")
     args = ap.parse_args()
-    text = Path(args.json).read_text() if args.json else subprocess.run(
-        ["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=True).stdout
-    seeds = by_seed(runs_from_exp_show(json.loads(text)))
-    if not seeds:
-        raise SystemExit("no finished runs found: run `dvc exp run --queue -S seed=0,1,2` and `dvc queue start`")
-    summary = summarize(seeds)
-    table = markdown(summary, list(seeds))
+    if args.summary:
+        saved = json.loads(Path(args.summary).read_text())
+        seeds, summary = saved.pop("seeds"), saved
+    else:
+        text = Path(args.json).read_text() if args.json else subprocess.run(
+            ["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=True).stdout
+        runs = by_seed(runs_from_exp_show(json.loads(text)))
+        if not runs:
+            raise SystemExit("no finished runs found: run `dvc exp run --queue -S seed=0,1,2` and `dvc queue start`")
+        seeds, summary = list(runs), summarize(runs)
+    table = markdown(summary, seeds)
     print(table, end="")
     if args.out:
-        Path(args.out).write_text(table)
-        Path(args.out).with_suffix(".json").write_text(json.dumps({"seeds": list(seeds), **summary}, indent=2) + "\n")
+        write_text(Path(args.out), table)
+        write_json(Path(args.out).with_suffix(".json"), {"seeds": seeds, **summary})
+    if args.png:
+        save_figure(figure(summary, seeds), Path(args.png))
 
 
 if __name__ == "__main__":

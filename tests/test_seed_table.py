@@ -60,3 +60,24 @@ def test_cli_writes_markdown_and_json(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "| bn | 81.00 ± 1.41 % |" in out.read_text()
     assert json.loads(out.with_suffix(".json").read_text())["seeds"] == [0, 1]
+
+
+def test_failed_experiments_are_not_counted():
+    # DVC lists a failed experiment with its baseline's metrics: counting it would duplicate the baseline
+    failed = rev("e1", 1, (0.80, 0.70, 0.75), "2026-01-02")
+    failed["error"] = {"msg": "Experiment run failed", "type": ""}
+    assert list(S.by_seed(S.runs_from_exp_show(exp_show(failed)))) == [0]
+
+
+def test_summary_redraws_table_and_plot_without_experiments(tmp_path):
+    src = tmp_path / "exps.json"
+    src.write_text(json.dumps(exp_show(rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-02"))))
+    out = tmp_path / "seeds.md"
+    run = lambda *a: subprocess.run([sys.executable, "-m", "scripts.seed_table", *a], cwd=ROOT,  # noqa: E731
+                                    capture_output=True, text=True)
+    assert run("--json", str(src), "--out", str(out)).returncode == 0
+    again, png = tmp_path / "again.md", tmp_path / "seeds.png"
+    r = run("--summary", str(out.with_suffix(".json")), "--out", str(again), "--png", str(png))
+    assert r.returncode == 0, r.stderr
+    assert again.read_text() == out.read_text()
+    assert png.stat().st_size > 10_000
