@@ -62,7 +62,13 @@ def test_killed_training_resumes_to_the_same_result(tmp_path, reference, sig):
     repo = project(tmp_path)
     kill_after_epoch(repo, 2, sig)
     assert not (repo / "models/bn.pt").exists() and not (repo / "metrics/train_bn.json").exists()
-    assert not list(repo.rglob(".*.tmp*"))  # no half-written file anywhere
+    # outputs are written under a temporary name and renamed: what exists under an output's name is complete
+    with open(repo / "plots/train/bn.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1)) and rows
+    assert all(v for r in rows for v in r.values())
+    if sig != signal.SIGKILL:  # caught: the temporary file is removed too (SIGKILL can leave it behind)
+        assert not list(repo.rglob(".*.tmp*"))
     r = run_module(repo, "stages.train", "bn")
     assert r.returncode == 0, r.stderr
     assert "resuming after epoch" in r.stdout
