@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,6 +121,18 @@ def copy_project(dest: Path) -> Path:
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(ROOT / name, dest / name)
     return dest
+
+
+def digits_project(dest: Path, **train) -> Path:
+    """A project copy on scikit-learn's digits with data/prepared already made; `train` overrides train params."""
+    repo = copy_project(dest)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["source"] = "digits"
+    params["train"].update(train)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    r = run_module(repo, "stages.download")
+    assert r.returncode == 0, r.stderr
+    return repo
 
 
 def module_env(repo: Path, **extra: str) -> dict:

@@ -5,12 +5,11 @@ import statistics
 
 import pytest
 import torch
-import yaml
 
 from scripts import batch_size_study as B
 from stages.params import load_params
 from stages.trainer import Split
-from tests.conftest import ROOT, copy_project, run_module
+from tests.conftest import ROOT, digits_project, run_module
 
 
 def test_lr_scales_linearly_with_batch_size_and_nothing_else_changes():
@@ -72,12 +71,8 @@ def test_bad_arguments_are_refused_by_name(args, message, capsys):
 
 
 def test_real_run_on_digits_writes_table_csv_and_plot(tmp_path):
-    repo = copy_project(tmp_path / "proj")
+    repo = digits_project(tmp_path / "proj")
     shutil.copytree(ROOT / "scripts", repo / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["source"] = "digits"
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert run_module(repo, "stages.download").returncode == 0
     r = run_module(repo, "scripts.batch_size_study", "--epochs", "2", "--train-images", "256",
                    "--batch-sizes", "32", "2", "--jobs", "2")
     assert r.returncode == 0, r.stderr

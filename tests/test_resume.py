@@ -10,19 +10,13 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import copy_project, module_env, run_module
+from tests.conftest import digits_project, module_env, run_module
 
 TIMING = {"seconds", "wall_seconds", "seconds_per_epoch"}  # wall-clock values: the only fields that may differ
 
 
 def project(path, epochs=6):
-    repo = copy_project(path)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["source"] = "digits"
-    params["train"].update(epochs=epochs, batch_size=64)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run_module(repo, "stages.download")
-    return repo
+    return digits_project(path, epochs=epochs, batch_size=64)
 
 
 def results(repo, norm="bn"):
