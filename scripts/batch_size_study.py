@@ -32,21 +32,19 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from stages import paths
+from stages.checkpoint import model_config, new_model
+from stages.data import Dataset, load_dataset
+from stages.io import write_csv, write_text
+from stages.model import NORMS
+from stages.params import MAX_EPOCHS, Params, load_params
+from stages.plot import COLORS, LABELS, save_figure
+from stages.train import channel_stats, to_splits
+from stages.trainer import Split, epoch_batches, evaluate_split, make_optimizer, train_epoch
 
-from stages import paths  # noqa: E402
-from stages.checkpoint import model_config, new_model  # noqa: E402
-from stages.data import Dataset, load_dataset  # noqa: E402
-from stages.io import write_csv, write_text  # noqa: E402
-from stages.model import NORMS  # noqa: E402
-from stages.params import MAX_EPOCHS, Params, load_params  # noqa: E402
-from stages.plot import COLORS, LABELS, save_figure  # noqa: E402
-from stages.train import channel_stats, to_splits  # noqa: E402
-from stages.trainer import Split, epoch_batches, evaluate_split, make_optimizer, train_epoch  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402  (after stages.plot, which selects the file-only Agg backend)
 
 BATCH_SIZES = (2, 4, 8, 16, 32, 128)  # per SGD step (the GN paper: 32 down to 2)
 OUT_CSV = Path("metrics/batch_size.csv")

@@ -19,7 +19,9 @@ from pathlib import Path
 from stages.io import write_json, write_text
 from stages.model import NORMS
 from stages.paths import train_metrics
-from stages.plot import save_figure
+from stages.plot import COLORS, LABELS, save_figure
+
+import matplotlib.pyplot as plt  # noqa: E402  (after stages.plot, which selects the file-only Agg backend)
 
 METRICS = ("test_acc", "test_loss", "train_acc")
 IGNORED_PARAMS = {"seed", "norm"}  # norm only selects what evaluate reports; it does not change training
@@ -87,10 +89,6 @@ def markdown(summary: dict, seeds: list[int]) -> str:
 
 def figure(summary: dict, seeds: list[int]):
     """Test accuracy per norm: mean ± std bar and one dot per seed."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from stages.plot import COLORS, LABELS
     fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
     for i, (norm, s) in enumerate(summary.items()):
         acc = s["test_acc"]

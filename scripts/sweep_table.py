@@ -12,8 +12,6 @@ git commit.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import subprocess
 from pathlib import Path
@@ -25,7 +23,9 @@ from scripts.seed_table import runs_from_exp_show
 from stages import paths
 from stages.io import write_text
 from stages.model import NORMS
-from stages.plot import save_figure
+from stages.plot import parse_log, save_figure
+
+import matplotlib.pyplot as plt  # noqa: E402  (after stages.plot, which selects the file-only Agg backend)
 
 
 def get(params: dict, key: str):
@@ -69,17 +69,12 @@ def markdown(chosen: dict, key: str, norm: str) -> str:
 def git_log_reader(norm: str) -> Callable[[str], dict[str, np.ndarray]]:
     """Reads plots/train/<norm>.csv as committed in a run's git revision."""
     def read(rev: str) -> dict[str, np.ndarray]:
-        text = subprocess.run(["git", "show", f"{rev}:{paths.train_log(norm)}"], capture_output=True, text=True,
-                              check=True).stdout
-        rows = list(csv.DictReader(io.StringIO(text)))
-        return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
+        return parse_log(subprocess.run(["git", "show", f"{rev}:{paths.train_log(norm)}"], capture_output=True,
+                                        text=True, check=True).stdout)
     return read
 
 
 def figure(chosen: dict, key: str, norm: str, read_log: Callable[[str], dict[str, np.ndarray]]):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.4), constrained_layout=True)
     for value, run in chosen.items():
         log = read_log(run["rev"])

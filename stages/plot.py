@@ -3,6 +3,7 @@ matrices side by side, and per norm a grid of misclassified test images. PNGs un
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import matplotlib
@@ -25,11 +26,14 @@ PANELS = [("train_loss", "Train loss", "cross-entropy (nats, with label smoothin
           ("test_acc", "Test accuracy", "accuracy (%)", 100.0)]
 
 
-def read_log(path: Path) -> dict[str, np.ndarray]:
-    """A per-epoch training log as {column: float array}."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+def parse_log(text: str) -> dict[str, np.ndarray]:
+    """A per-epoch training log's CSV text as {column: float array}."""
+    rows = list(csv.DictReader(io.StringIO(text)))
     return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
+
+
+def read_log(path: Path) -> dict[str, np.ndarray]:
+    return parse_log(Path(path).read_text())
 
 
 def save_figure(fig, path: Path) -> None:
