@@ -1,6 +1,6 @@
 import torch
 
-from stages.augment import cutout, random_crop_flip
+from stages.augment import cutout, random_crop_flip, reflect_index
 
 
 def batch(n=16, c=3, h=8, w=8):
@@ -39,3 +39,27 @@ def test_cutout_zeroes_one_square_per_image():
     zeros = (out == 0).all(1).sum(dim=(1, 2))  # pixels zeroed per image
     assert ((zeros > 0) & (zeros <= 25)).all()
     assert torch.equal(cutout(x, 0, torch.Generator()), x)
+
+
+def padded_crop_flip(x, pad, gen):
+    """Reference: reflect-pad the whole batch, then crop (the straightforward way, same random draws)."""
+    n, _, h, w = x.shape
+    xp = torch.nn.functional.pad(x.float(), (pad, pad, pad, pad), mode="reflect").to(torch.uint8)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    crops = torch.stack([xp[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    flip = torch.rand(n, generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], crops.flip(3), crops)
+
+
+def test_crop_equals_reflect_pad_then_crop():
+    x = batch(n=64, h=8, w=6)
+    for pad in (1, 2, 5):  # reflect padding allows up to size - 1 = 5 pixels
+        a = random_crop_flip(x, pad, torch.Generator().manual_seed(pad))
+        b = padded_crop_flip(x, pad, torch.Generator().manual_seed(pad))
+        assert torch.equal(a, b)
+
+
+def test_reflect_index_mirrors_without_repeating_the_edge():
+    i = torch.arange(-3, 8)
+    assert reflect_index(i, 5).tolist() == [3, 2, 1, 0, 1, 2, 3, 4, 3, 2, 1]
