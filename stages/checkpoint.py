@@ -18,13 +18,13 @@ class CheckpointError(RuntimeError):
 def model_config(params: Params, norm: str, ds: Dataset) -> dict:
     """Everything needed to rebuild the architecture; stored with the weights and checked on load."""
     return {"norm": norm, "widths": list(params.model.widths), "depth": list(params.model.depth),
-            "gn_groups": params.model.gn_groups, "in_channels": int(ds.x_train.shape[1]),
-            "classes": len(ds.classes)}
+            "pool_first": list(params.model.pool_first), "gn_groups": params.model.gn_groups,
+            "in_channels": int(ds.x_train.shape[1]), "classes": len(ds.classes)}
 
 
 def new_model(config: dict, mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> Net:
     return build_model(config["norm"], tuple(config["widths"]), tuple(config["depth"]), config["gn_groups"],
-                       config["in_channels"], config["classes"], mean, std)
+                       config["in_channels"], config["classes"], mean, std, tuple(config["pool_first"]))
 
 
 def save(path: Path, payload: dict) -> None:

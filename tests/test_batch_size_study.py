@@ -79,8 +79,9 @@ def test_real_run_on_digits_writes_table_csv_and_plot(tmp_path):
     with open(repo / "metrics/batch_size.csv", newline="") as f:
         got = list(csv.DictReader(f))
     assert [(g["norm"], int(g["batch_size"])) for g in got] == [(n, b) for n in ("bn", "gn", "ln") for b in (2, 32)]
+    recipe = load_params(repo / "params.yaml").train
     for g in got:
-        assert float(g["lr"]) == pytest.approx(0.4 * int(g["batch_size"]) / 512)
+        assert float(g["lr"]) == pytest.approx(recipe.lr * int(g["batch_size"]) / recipe.batch_size)
         assert int(g["train_images"]) == 256 and int(g["test_images"]) > 0
         assert 0.0 <= float(g["test_error"]) < 0.9  # learned something even in 2 epochs (chance is 0.9)
     assert "| bn |" in (repo / "metrics/batch_size.md").read_text()

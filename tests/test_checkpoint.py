@@ -4,7 +4,8 @@ import torch
 
 from stages.checkpoint import CheckpointError, load, load_model, new_model, save
 
-CONFIG = {"norm": "bn", "widths": [8, 16], "depth": [0], "gn_groups": 4, "in_channels": 3, "classes": 10}
+CONFIG = {"norm": "bn", "widths": [8, 16], "depth": [0], "pool_first": [False], "gn_groups": 4, "in_channels": 3,
+          "classes": 10}
 
 
 def saved(tmp_path, config=CONFIG):

@@ -10,7 +10,7 @@ from tests.conftest import ROOT
 @pytest.mark.parametrize("norm", NORMS)
 def test_committed_params_build_every_norm_under_budget(norm):
     p = load_params(ROOT / "params.yaml").model
-    model = build_model(norm, p.widths, p.depth, p.gn_groups)
+    model = build_model(norm, p.widths, p.depth, p.gn_groups, pool_first=p.pool_first)
     assert count_params(model) < MAX_PARAMS
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
@@ -70,6 +70,26 @@ def test_down_stage_is_residual_and_halves_resolution():
     main = stage.main(x)
     assert torch.allclose(out[:, :8], shortcut + main[:, :8])
     assert torch.allclose(out[:, 8:], main[:, 8:])
+
+
+def test_pool_first_stage_convolves_the_pooled_input():
+    torch.manual_seed(0)
+    first = DownStage(8, 16, "bn", 4, pool_first=True)
+    first.eval()
+    x = torch.randn(2, 8, 8, 8)
+    pooled = nn.functional.max_pool2d(x, 2)
+    out = first(x)
+    assert out.shape == (2, 16, 4, 4)
+    conv = first.main[0]
+    expected = nn.functional.gelu(first.main[1](conv(pooled)))  # conv at 4x4, then norm and GELU
+    assert torch.allclose(out[:, :8], pooled + expected[:, :8], atol=1e-6)
+    assert torch.allclose(out[:, 8:], expected[:, 8:], atol=1e-6)
+
+
+@pytest.mark.parametrize("pool_first", [(True,), (False, True, False)])
+def test_pool_first_needs_one_entry_per_stage(pool_first):
+    with pytest.raises(ValueError, match="pool_first"):
+        build_model("bn", (8, 16, 16), (0, 0), 4, pool_first=pool_first)
 
 
 def test_fp32_group_norm_matches_pytorch_and_keeps_the_dtype():
