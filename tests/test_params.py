@@ -1,10 +1,11 @@
 import copy
+import dataclasses
 import re
 
 import pytest
 import yaml
 
-from stages.params import ParamsError, load_params, parse_params
+from stages.params import ModelParams, ParamsError, load_params, parse_params
 from tests.conftest import ROOT
 
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -111,3 +112,11 @@ def test_exponent_floats_as_dvc_writes_them_are_numbers(tmp_path):
     params = load_params(path)
     assert params.train.l1 == 1e-5 and params.train.lr == 0.4
     assert load_params(ROOT / "params.yaml").data.source == "cifar10-jpeg"  # strings stay strings
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn", "ln"])
+def test_each_training_stage_declares_every_model_param_it_builds_from(norm):
+    """A model param missing from a train stage's `params:` would let DVC skip retraining when it changes."""
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][f"train_{norm}"]
+    used = {f"model.{f.name}" for f in dataclasses.fields(ModelParams) if norm == "gn" or f.name != "gn_groups"}
+    assert used <= set(stage["params"]) and {"seed", "train"} <= set(stage["params"])
