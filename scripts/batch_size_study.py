@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import statistics
-import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -35,14 +34,13 @@ from typing import Callable
 import torch
 
 from stages import paths
-from stages.checkpoint import model_config, new_model
 from stages.data import Dataset, load_dataset
 from stages.io import write_csv, write_text
 from stages.model import NORMS
 from stages.params import MAX_EPOCHS, Params, load_params
 from stages.plot import COLORS, LABELS, save_figure
-from stages.train import channel_stats, to_splits
-from stages.trainer import Split, epoch_batches, evaluate_split, make_optimizer, train_epoch
+from stages.train import seeded_model, to_splits
+from stages.trainer import Split, evaluate_split, fit
 
 import matplotlib.pyplot as plt  # noqa: E402  (after stages.plot, which selects the file-only Agg backend)
 
@@ -80,15 +78,11 @@ def train_and_test(norm: str, params: Params, ds: Dataset, train: Split, test: S
     """One run: fresh model, `epochs` epochs at `batch_size` (init, shuffling, augmentation seeded by `seed`),
     then the test error in eval mode (BN: running statistics)."""
     cfg = scaled_recipe(params, batch_size, epochs)
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = new_model(model_config(params, norm, ds), *channel_stats(train.x)).to(memory_format=torch.channels_last)
-    opt, sched = make_optimizer(model, cfg, epochs * epoch_batches(len(train.x), batch_size)[1])
-    t0 = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        train_loss, train_acc = train_epoch(model, train, cfg, opt, sched, gen, epoch, f"{norm} batch {batch_size}")
-    seconds = time.perf_counter() - t0
-    test_loss, test_acc = evaluate_split(model, test, dataclasses.replace(cfg, batch_size=EVAL_BATCH), cfg.tta_flip)
+    model, _, gen = seeded_model(params, norm, ds, train.x, seed)
+    rows = fit(model, train, None, cfg, gen, desc=f"{norm} batch {batch_size}")  # no per-epoch test pass
+    seconds = sum(r["seconds"] for r in rows)
+    train_acc = rows[-1]["train_acc"]
+    test_loss, test_acc = evaluate_split(model, test, dataclasses.replace(cfg, batch_size=EVAL_BATCH), cfg.tta)
     return {"recipe": recipe_id(params, epochs, len(train.x)), "norm": norm, "batch_size": batch_size, "seed": seed,
             "lr": cfg.lr, "epochs": epochs, "train_images": len(train.x), "test_images": len(test.x),
             "train_acc": train_acc, "test_acc": test_acc, "test_error": 1 - test_acc, "test_loss": test_loss,

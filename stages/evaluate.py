@@ -54,7 +54,7 @@ def main() -> None:
     for norm in NORMS:
         model = load_model(paths.model_path(norm), model_config(params, norm, ds))
         model = model.to(device, memory_format=torch.channels_last)
-        logits = predict(model, x, params.train.batch_size, params.train.tta_flip, params.train.bf16).cpu()
+        logits = predict(model, x, params.train.batch_size, params.train.tta, params.train.bf16).cpu()
         s = summarize(logits, y, len(ds.classes))
         per_norm[norm] = {k: s[k] for k in ("test_acc", "test_loss", "misclassified")}
         write_csv(paths.confusion_rows(norm), confusion_rows(ds.y_test, s["pred"], ds.classes))

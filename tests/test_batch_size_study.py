@@ -73,7 +73,7 @@ def test_bad_arguments_are_refused_by_name(args, message, capsys):
 def test_real_run_on_digits_writes_table_csv_and_plot(tmp_path):
     repo = digits_project(tmp_path / "proj")
     shutil.copytree(ROOT / "scripts", repo / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
-    r = run_module(repo, "scripts.batch_size_study", "--epochs", "2", "--train-images", "256",
+    r = run_module(repo, "scripts.batch_size_study", "--epochs", "6", "--train-images", "256",
                    "--batch-sizes", "32", "2", "--jobs", "2")
     assert r.returncode == 0, r.stderr
     with open(repo / "metrics/batch_size.csv", newline="") as f:
@@ -83,11 +83,11 @@ def test_real_run_on_digits_writes_table_csv_and_plot(tmp_path):
     for g in got:
         assert float(g["lr"]) == pytest.approx(recipe.lr * int(g["batch_size"]) / recipe.batch_size)
         assert int(g["train_images"]) == 256 and int(g["test_images"]) > 0
-        assert 0.0 <= float(g["test_error"]) < 0.9  # learned something even in 2 epochs (chance is 0.9)
+        assert 0.0 <= float(g["test_error"]) < 0.8  # learned something in 6 epochs on 256 digits (chance: 0.9)
     assert "| bn |" in (repo / "metrics/batch_size.md").read_text()
     assert (repo / "plots/batch_size.png").stat().st_size > 10_000
     # a second seed later: only the new runs train, the first seed's rows are reused from the CSV
-    r = run_module(repo, "scripts.batch_size_study", "--epochs", "2", "--train-images", "256",
+    r = run_module(repo, "scripts.batch_size_study", "--epochs", "6", "--train-images", "256",
                    "--batch-sizes", "32", "2", "--jobs", "2", "--seeds", "0", "1")
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("seed 1: test error") == 6 and "seed 0: test error" not in r.stdout

@@ -58,6 +58,8 @@ def test_committed_params_are_valid():
     ("train.crop_pad", -1, "train.crop_pad"),
     ("train.cutout", -2, "train.cutout"),
     ("train.bf16", "yes", "train.bf16"),
+    ("train.tta", "mirror", "train.tta"),
+    ("train.tta", True, "train.tta"),
 ])
 def test_bad_values_are_rejected_by_key(path, value, key):
     with pytest.raises(ParamsError) as e:

@@ -6,7 +6,7 @@ import torch
 from stages.model import build_model
 from stages.params import load_params
 from stages.trainer import NonFiniteLoss, Split, epoch_batches, fit, l1_penalty, make_optimizer, one_cycle, \
-    param_groups, predict, train_epoch
+    param_groups, predict, shifted, train_epoch
 from tests.conftest import ROOT
 
 BASE = load_params(ROOT / "params.yaml").train
@@ -92,10 +92,34 @@ def test_fit_is_deterministic_on_cpu():
 def test_predict_with_flip_averages_image_and_mirror():
     model = small_model().eval()
     x = blobs(8).x
-    both = predict(model, x, 4, tta_flip=True, bf16=False)
-    plain = predict(model, x, 4, tta_flip=False, bf16=False)
-    mirror = predict(model, x.flip(3), 4, tta_flip=False, bf16=False)
+    both = predict(model, x, 4, tta="flip", bf16=False)
+    plain = predict(model, x, 4, tta="none", bf16=False)
+    mirror = predict(model, x.flip(3), 4, tta="none", bf16=False)
     assert torch.allclose(both, (plain + mirror) / 2, atol=1e-5)
+
+
+def test_predict_with_flip_shift_adds_the_four_shifted_views_at_one_third():
+    model = small_model().eval()
+    x = blobs(8).x
+    flip = predict(model, x, 4, tta="flip", bf16=False)
+    views = [predict(model, shifted(v.float(), d, d), 8, tta="none", bf16=False)
+             for v in (x, x.flip(3)) for d in (1, -1)]
+    got = predict(model, x, 4, tta="flip_shift", bf16=False)
+    assert torch.allclose(got, 2 / 3 * flip + 1 / 3 * sum(views) / 4, atol=1e-5)
+
+
+def test_shifted_translates_with_reflected_borders():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    down_right = shifted(x, 1, 1)[0, 0]
+    assert torch.equal(down_right[1:, 1:], x[0, 0, :3, :3])  # pixel (r, c) moves to (r + 1, c + 1)
+    assert torch.equal(down_right[0, 1:], x[0, 0, 1, :3])  # the new top row mirrors row 1
+    up_left = shifted(x, -1, -1)[0, 0]
+    assert torch.equal(up_left[:3, :3], x[0, 0, 1:, 1:])
+
+
+def test_fit_without_test_split_skips_the_per_epoch_test_pass():
+    rows = fit(small_model(), blobs(32), None, cfg(epochs=2), torch.Generator().manual_seed(0))
+    assert [set(r) for r in rows] == [{"epoch", "train_loss", "train_acc", "lr", "seconds"}] * 2
 
 
 def test_batch_larger_than_the_data_still_trains():
