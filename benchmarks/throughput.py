@@ -27,7 +27,7 @@ from stages.data import load_dataset
 from stages.model import build_model
 from stages.params import load_params
 from stages.train import channel_stats, cpu_model
-from stages.trainer import Split, make_optimizer, train_epoch
+from stages.trainer import Split, epoch_batches, make_optimizer, train_epoch
 
 
 class PilImages(Dataset):
@@ -84,8 +84,8 @@ def time_ours(params, norm, x, y, mean, std) -> float:
     train_epoch(model, Split(data.x[:1024], data.y[:1024]), cfg, opt, sched, gen, 1)  # warm-up
     t0 = time.perf_counter()
     train_epoch(model, data, cfg, opt, sched, gen, 1)
-    steps = len(x) // min(cfg.batch_size, len(x))
-    return steps * min(cfg.batch_size, len(x)) / (time.perf_counter() - t0)
+    bs, steps = epoch_batches(len(x), cfg.batch_size)
+    return bs * steps / (time.perf_counter() - t0)
 
 
 def main() -> None:
