@@ -5,8 +5,9 @@
     python -m scripts.seed_table --out metrics/seeds.md --png plots/seeds.png   # mean ± std per norm
 
 It reads `dvc exp show --json` (or a saved copy: --json FILE): the committed baseline and every experiment.
-Runs are grouped by `seed` (one run per seed; the newest wins); runs that differ in any other training
-param than `seed` (or the reporting-only `norm`) are refused, so a table never mixes recipes.
+Only runs of the workspace's params.yaml count: runs that differ in any other param than `seed` (or the
+reporting-only `norm`) are left out and named on stderr, so a table never mixes recipes. They are grouped
+by `seed` (one run per seed; the newest wins).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import argparse
 import json
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 from stages.io import write_json, write_text
@@ -47,19 +49,26 @@ def runs_from_exp_show(exp_show: list[dict]) -> list[dict]:
     return runs
 
 
+def workspace_params(exp_show: list[dict]) -> dict:
+    """params.yaml of the workspace as DVC read it (the same parser as the runs' params)."""
+    for top in exp_show:
+        if top.get("rev") == "workspace":
+            return top["data"]["params"]["params.yaml"]["data"]
+    raise SystemExit("the dvc exp show output has no workspace entry")
+
+
+def same_recipe(runs: list[dict], recipe: dict) -> tuple[list[dict], list[dict]]:
+    """(runs whose params equal `recipe` in everything but the seed and norm, the other runs). Other
+    experiments of the same commit (an L1 sweep, say) are left out instead of being averaged in."""
+    def key(params: dict) -> dict:
+        return {k: v for k, v in params.items() if k not in IGNORED_PARAMS}
+    kept = [r for r in runs if key(r["params"]) == key(recipe)]
+    return kept, [r for r in runs if key(r["params"]) != key(recipe)]
+
+
 def by_seed(runs: list[dict]) -> dict[int, dict]:
-    """One run per seed (the newest); raises ValueError if the runs differ in more than the seed."""
-    recipe = None
-    chosen: dict[int, dict] = {}
-    for run in sorted(runs, key=lambda r: r["timestamp"]):
-        other = {k: v for k, v in run["params"].items() if k not in IGNORED_PARAMS}
-        if recipe is None:
-            recipe = other
-        elif other != recipe:
-            diff = sorted(k for k in set(other) | set(recipe) if other.get(k) != recipe.get(k))
-            raise ValueError(f"run {run['name']} differs from the others in {', '.join(diff)}, not only the seed; "
-                             f"remove it (dvc exp remove) or compare like with like")
-        chosen[run["params"]["seed"]] = run
+    """One run per seed: the newest."""
+    chosen = {run["params"]["seed"]: run for run in sorted(runs, key=lambda r: r["timestamp"])}
     return dict(sorted(chosen.items()))
 
 
@@ -118,7 +127,12 @@ def main() -> None:
     else:
         text = Path(args.json).read_text() if args.json else subprocess.run(
             ["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=True).stdout
-        runs = by_seed(runs_from_exp_show(json.loads(text)))
+        exp_show = json.loads(text)
+        kept, other = same_recipe(runs_from_exp_show(exp_show), workspace_params(exp_show))
+        if other:
+            print(f"left out {len(other)} run(s) of another recipe than params.yaml: "
+                  f"{', '.join(r['name'] for r in other)}", file=sys.stderr)
+        runs = by_seed(kept)
         if not runs:
             raise SystemExit("no finished runs found: run `dvc exp run --queue -S seed=0,1,2` and `dvc queue start`")
         seeds, summary = list(runs), summarize(runs)

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from scripts.seed_table import runs_from_exp_show
+from scripts.seed_table import runs_from_exp_show, workspace_params
 from stages import paths
 from stages.io import write_text
 from stages.model import NORMS
@@ -84,14 +84,6 @@ def figure(chosen: dict, key: str, norm: str, read_log: Callable[[str], dict[str
     ax.grid(alpha=0.3)
     ax.legend(title="final test accuracy")
     return fig
-
-
-def workspace_params(exp_show: list[dict]) -> dict:
-    """params.yaml of the workspace as DVC read it (the same parser as the runs' params)."""
-    for top in exp_show:
-        if top.get("rev") == "workspace":
-            return top["data"]["params"]["params.yaml"]["data"]
-    raise SystemExit("the dvc exp show output has no workspace entry")
 
 
 def main(argv: list[str] | None = None) -> None:

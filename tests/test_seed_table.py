@@ -25,10 +25,15 @@ def exp_show(*exps, baseline=None):
             {**base, "experiments": [{"revs": [e]} for e in exps]}]
 
 
+def seeds(show):
+    kept, _ = S.same_recipe(S.runs_from_exp_show(show), S.workspace_params(show))
+    return S.by_seed(kept)
+
+
 def test_mean_and_sample_std_per_norm(tmp_path):
     show = exp_show(rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-02"), rev("e2", 2, (0.81, 0.68, 0.76), "2026-01-03"),
                     rev("e3", 2, (0.50, 0.50, 0.50), "2026-01-01"))  # older run of seed 2: replaced by e2
-    summary = S.summarize(S.by_seed(S.runs_from_exp_show(show)))
+    summary = S.summarize(seeds(show))
     assert summary["bn"]["test_acc"]["values"] == [0.80, 0.82, 0.81]
     assert summary["gn"]["test_acc"]["mean"] == pytest.approx(0.70)
     assert summary["ln"]["test_acc"]["std"] == pytest.approx(statistics.stdev([0.75, 0.74, 0.76]))
@@ -36,19 +41,25 @@ def test_mean_and_sample_std_per_norm(tmp_path):
 
 def test_norm_only_runs_count_as_the_same_recipe():
     show = exp_show(rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-02", norm="gn"))
-    assert list(S.by_seed(S.runs_from_exp_show(show))) == [0, 1]
+    assert list(seeds(show)) == [0, 1]
 
 
-def test_runs_with_another_recipe_are_refused():
-    show = exp_show(rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-02", train={"lr": 0.2}))
-    with pytest.raises(ValueError, match="run e1 differs from the others in train, not only the seed"):
-        S.by_seed(S.runs_from_exp_show(show))
+def test_runs_of_another_recipe_are_left_out_and_named(tmp_path):
+    show = exp_show(rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-02", train={"lr": 0.2}),  # e.g. an L1 sweep
+                    rev("e2", 2, (0.81, 0.71, 0.73), "2026-01-03"))
+    assert list(seeds(show)) == [0, 2]
+    src = tmp_path / "exps.json"
+    src.write_text(json.dumps(show))
+    r = subprocess.run([sys.executable, "-m", "scripts.seed_table", "--json", str(src)], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "left out 1 run(s) of another recipe than params.yaml: e1" in r.stderr
+    assert "Over seeds 0, 2" in r.stdout
 
 
 def test_unfinished_runs_are_skipped():
     broken = rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-02")
     del broken["data"]["metrics"]["metrics/train_ln.json"]
-    assert list(S.by_seed(S.runs_from_exp_show(exp_show(broken)))) == [0]
+    assert list(seeds(exp_show(broken))) == [0]
 
 
 def test_cli_writes_markdown_and_json(tmp_path):
@@ -66,7 +77,7 @@ def test_failed_experiments_are_not_counted():
     # DVC lists a failed experiment with its baseline's metrics: counting it would duplicate the baseline
     failed = rev("e1", 1, (0.80, 0.70, 0.75), "2026-01-02")
     failed["error"] = {"msg": "Experiment run failed", "type": ""}
-    assert list(S.by_seed(S.runs_from_exp_show(exp_show(failed)))) == [0]
+    assert list(seeds(exp_show(failed))) == [0]
 
 
 def test_summary_redraws_table_and_plot_without_experiments(tmp_path):
