@@ -26,7 +26,6 @@ from stages.plot import COLORS, LABELS, save_figure
 import matplotlib.pyplot as plt  # noqa: E402  (after stages.plot, which selects the file-only Agg backend)
 
 METRICS = ("test_acc", "test_loss", "train_acc")
-IGNORED_PARAMS = {"seed", "norm"}  # norm only selects what evaluate reports; it does not change training
 
 
 def runs_from_exp_show(exp_show: list[dict]) -> list[dict]:
@@ -57,13 +56,23 @@ def workspace_params(exp_show: list[dict]) -> dict:
     raise SystemExit("the dvc exp show output has no workspace entry")
 
 
+def without(params: dict, key: str) -> dict:
+    """A deep copy of params without the dotted key and without `norm` (it only selects what evaluate reports)."""
+    out = json.loads(json.dumps({k: v for k, v in params.items() if k != "norm"}))
+    *parents, last = key.split(".")
+    node = out
+    for part in parents:
+        node = node.get(part, {})
+    node.pop(last, None)
+    return out
+
+
 def same_recipe(runs: list[dict], recipe: dict) -> tuple[list[dict], list[dict]]:
     """(runs whose params equal `recipe` in everything but the seed and norm, the other runs). Other
     experiments of the same commit (an L1 sweep, say) are left out instead of being averaged in."""
-    def key(params: dict) -> dict:
-        return {k: v for k, v in params.items() if k not in IGNORED_PARAMS}
-    kept = [r for r in runs if key(r["params"]) == key(recipe)]
-    return kept, [r for r in runs if key(r["params"]) != key(recipe)]
+    base = without(recipe, "seed")
+    same = [without(r["params"], "seed") == base for r in runs]
+    return [r for r, s in zip(runs, same) if s], [r for r, s in zip(runs, same) if not s]
 
 
 def by_seed(runs: list[dict]) -> dict[int, dict]:

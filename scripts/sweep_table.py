@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from scripts.seed_table import runs_from_exp_show, workspace_params
+from scripts.seed_table import runs_from_exp_show, without, workspace_params
 from stages import paths
 from stages.io import write_text
 from stages.model import NORMS
@@ -33,17 +33,6 @@ def get(params: dict, key: str):
     for part in key.split("."):
         params = params.get(part) if isinstance(params, dict) else None
     return params
-
-
-def without(params: dict, key: str) -> dict:
-    """A deep copy of params without the dotted key and without `norm` (it only selects what evaluate reports)."""
-    out = json.loads(json.dumps({k: v for k, v in params.items() if k != "norm"}))
-    *parents, last = key.split(".")
-    node = out
-    for part in parents:
-        node = node.get(part, {})
-    node.pop(last, None)
-    return out
 
 
 def sweep(runs: list[dict], recipe: dict, key: str) -> dict:
