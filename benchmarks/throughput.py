@@ -63,7 +63,7 @@ def baseline_pass(model, loader) -> int:
 
 def time_baseline(params, norm, x, y, mean, std) -> float:
     model = build_model(norm, params.model.widths, params.model.depth, params.model.gn_groups,
-                        pool_first=params.model.pool_first)
+                        stem_pool=params.model.stem_pool)
     loader = DataLoader(PilImages(x, y, mean.numpy(), std.numpy()), batch_size=64, shuffle=True,
                         num_workers=2, persistent_workers=True)
     baseline_pass(model, DataLoader(PilImages(x[:256], y[:256], mean.numpy(), std.numpy()), batch_size=64))
@@ -75,7 +75,7 @@ def time_baseline(params, norm, x, y, mean, std) -> float:
 def time_ours(params, norm, x, y, mean, std) -> float:
     torch.manual_seed(0)
     model = build_model(norm, params.model.widths, params.model.depth, params.model.gn_groups, mean=mean, std=std,
-                        pool_first=params.model.pool_first)
+                        stem_pool=params.model.stem_pool)
     model = model.to(memory_format=torch.channels_last)
     cfg = dataclasses.replace(params.train, epochs=1)
     data = Split(torch.from_numpy(x), torch.from_numpy(y))

@@ -18,13 +18,13 @@ class CheckpointError(RuntimeError):
 def model_config(params: Params, norm: str, ds: Dataset) -> dict:
     """Everything needed to rebuild the architecture; stored with the weights and checked on load."""
     return {"norm": norm, "widths": list(params.model.widths), "depth": list(params.model.depth),
-            "pool_first": list(params.model.pool_first), "gn_groups": params.model.gn_groups,
+            "stem_pool": params.model.stem_pool, "gn_groups": params.model.gn_groups,
             "in_channels": int(ds.x_train.shape[1]), "classes": len(ds.classes)}
 
 
 def new_model(config: dict, mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> Net:
     return build_model(config["norm"], tuple(config["widths"]), tuple(config["depth"]), config["gn_groups"],
-                       config["in_channels"], config["classes"], mean, std, tuple(config["pool_first"]))
+                       config["in_channels"], config["classes"], mean, std, config["stem_pool"])
 
 
 def save(path: Path, payload: dict) -> None:
@@ -42,13 +42,29 @@ def load(path: Path) -> dict:
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
 
 
-def load_model(path: Path, expect: dict) -> Net:
-    """The model saved at path, refused unless its config equals `expect` (same norm and architecture)."""
+def load_checked(path: Path, expect: dict) -> dict:
+    """The checkpoint at path, refused unless its config equals `expect` (same norm and architecture)."""
     ckpt = load(path)
     config = ckpt.get("config") if isinstance(ckpt, dict) else None
     if config != expect:
         raise CheckpointError(f"{path} holds a model with config {config}, but params.yaml and the data "
                               f"ask for {expect}; re-run its training stage (dvc repro)")
-    model = new_model(config)
+    return ckpt
+
+
+def load_model(path: Path, expect: dict) -> Net:
+    """The trained model saved at path (see load_checked), in eval-ready form on the CPU."""
+    ckpt = load_checked(path, expect)
+    model = new_model(ckpt["config"])
     model.load_state_dict(ckpt["state_dict"])
     return model
+
+
+def load_test_logits(path: Path, expect: dict, tta: str) -> torch.Tensor:
+    """The test-set logits (N, classes) the training stage computed for the model at path with test-time
+    augmentation `tta` (refused for another config or tta, see load_checked)."""
+    ckpt = load_checked(path, expect)
+    if ckpt.get("tta") != tta or not isinstance(ckpt.get("test_logits"), torch.Tensor):
+        raise CheckpointError(f"{path} holds no test predictions made with train.tta={tta!r} (it has "
+                              f"{ckpt.get('tta')!r}); re-run its training stage (dvc repro)")
+    return ckpt["test_logits"]

@@ -1,4 +1,7 @@
-"""Stage `evaluate`: test every norm's model, confusion matrices (scikit-learn), misclassified examples.
+"""Stage `evaluate`: every norm's test figures, confusion matrices (scikit-learn), misclassified examples.
+
+The test-set logits come from models/<norm>.pt, where the training stage saved them (its final pass with the
+recipe's test-time augmentation): one pass per model, so metrics/train_<norm>.json and this stage agree.
 
 metrics/eval.json reports the model selected by the top-level `norm` param under fixed keys (test_acc,
 test_loss, misclassified), so `dvc exp run -S norm=gn` + `dvc metrics diff` compares norms, plus every
@@ -12,12 +15,11 @@ import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix
 
 from stages import cli, paths
-from stages.checkpoint import load_model, model_config
+from stages.checkpoint import CheckpointError, load_test_logits, model_config
 from stages.data import load_dataset
 from stages.io import write_csv, write_json, write_npz
 from stages.model import NORMS
 from stages.params import load_params
-from stages.trainer import predict, pick_device
 
 EXAMPLES = 10  # misclassified images kept per norm
 
@@ -47,14 +49,14 @@ def confusion_rows(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> list[
 def main() -> None:
     params = load_params(paths.PARAMS)
     ds = load_dataset(paths.PREPARED)
-    device = pick_device()
-    x = torch.from_numpy(ds.x_test).to(device)
     y = torch.from_numpy(ds.y_test)
     per_norm, arrays = {}, {"classes": np.array(ds.classes)}
     for norm in NORMS:
-        model = load_model(paths.model_path(norm), model_config(params, norm, ds))
-        model = model.to(device, memory_format=torch.channels_last)
-        logits = predict(model, x, params.train.batch_size, params.train.tta, params.train.bf16).cpu()
+        path = paths.model_path(norm)
+        logits = load_test_logits(path, model_config(params, norm, ds), params.train.tta)
+        if logits.shape != (len(y), len(ds.classes)):
+            raise CheckpointError(f"{path} holds test logits of shape {tuple(logits.shape)}, but the test set "
+                                  f"has {len(y)} images of {len(ds.classes)} classes; re-run its training stage")
         s = summarize(logits, y, len(ds.classes))
         per_norm[norm] = {k: s[k] for k in ("test_acc", "test_loss", "misclassified")}
         write_csv(paths.confusion_rows(norm), confusion_rows(ds.y_test, s["pred"], ds.classes))

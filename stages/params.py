@@ -34,20 +34,17 @@ class DataParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    widths: tuple[int, ...]  # stem width, then one width per down-sampling stage
-    depth: tuple[int, ...]  # extra residual blocks after each down-sampling stage
-    pool_first: tuple[bool, ...]  # per down-sampling stage: max-pool before (true) or after (false) its conv
+    widths: tuple[int, ...]  # stem width, then one width per stage (each halves the resolution)
+    depth: tuple[int, ...]  # extra residual blocks after each stage
+    stem_pool: bool  # the first halving happens in the stem (its norm and GELU run at half resolution)
     gn_groups: int  # GroupNorm groups (GN model only)
 
     def __post_init__(self):
         _require(len(self.widths) >= 2 and all(w > 0 for w in self.widths), "model.widths",
                  f"must be a list of at least two positive ints, got {list(self.widths)}")
         _require(len(self.depth) == len(self.widths) - 1 and all(d >= 0 for d in self.depth), "model.depth",
-                 f"must list one count >= 0 per down-sampling stage ({len(self.widths) - 1} for "
+                 f"must list one count >= 0 per stage after the stem ({len(self.widths) - 1} for "
                  f"model.widths={list(self.widths)}), got {list(self.depth)}")
-        _require(len(self.pool_first) == len(self.widths) - 1, "model.pool_first",
-                 f"must list one true/false per down-sampling stage ({len(self.widths) - 1} for "
-                 f"model.widths={list(self.widths)}), got {list(self.pool_first)}")
         _require(self.gn_groups >= 1 and all(w % self.gn_groups == 0 for w in self.widths), "model.gn_groups",
                  f"{self.gn_groups} must be >= 1 and divide every width in model.widths={list(self.widths)}")
 
@@ -142,7 +139,7 @@ def check_budget(model: ModelParams) -> None:
     from stages.model import build_model
     for norm in NORMS:
         try:
-            build_model(norm, model.widths, model.depth, model.gn_groups, pool_first=model.pool_first)
+            build_model(norm, model.widths, model.depth, model.gn_groups, stem_pool=model.stem_pool)
         except ValueError as e:
             raise ParamsError(f"params.yaml: model: {e}") from None
 

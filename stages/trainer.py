@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from stages.augment import cutout, random_crop_flip
+from stages.augment import cutout, random_crop_flip, translate
 from stages.params import TrainParams
 
 
@@ -76,13 +76,6 @@ def make_optimizer(model: nn.Module, cfg: TrainParams, steps_total: int):
     return opt, sched
 
 
-def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """x (N, C, H, W) translated by (dy, dx) pixels, |dy|, |dx| <= 1, with reflect padding at the borders."""
-    h, w = x.shape[2:]
-    p = F.pad(x, (1, 1, 1, 1), mode="reflect")
-    return p[:, :, 1 - dy:1 - dy + h, 1 - dx:1 - dx + w]
-
-
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int, tta: str, bf16: bool) -> torch.Tensor:
     """Logits (N, classes) in fp32 for uint8 images x, with test-time augmentation `tta`:
@@ -99,7 +92,8 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int, tta: str, bf16: 
             if tta in ("flip", "flip_shift"):
                 logits = 0.5 * (logits + model(xb.flip(3)).float())
             if tta == "flip_shift":
-                views = [shifted(v, d, d) for v in (xb, xb.flip(3)) for d in (1, -1)]
+                shift = [torch.full((len(xb),), d, device=xb.device) for d in (1, -1)]
+                views = [translate(v, s, s) for v in (xb, xb.flip(3)) for s in shift]
                 logits = (2 * logits + sum(model(v).float() for v in views) / len(views)) / 3
         out.append(logits)
     return torch.cat(out)
@@ -119,12 +113,14 @@ def feature_percentiles(model: nn.Module, x: torch.Tensor, bf16: bool) -> dict[s
     return {f"p{p}": v.item() for p, v in zip(PERCENTILES, q)}
 
 
+def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy) of logits (N, classes) against labels y (N,)."""
+    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+
+
 def evaluate_split(model: nn.Module, split: Split, cfg: TrainParams, tta: str) -> tuple[float, float]:
     """(mean cross-entropy loss, accuracy) of the model on a split, with test-time augmentation `tta`."""
-    logits = predict(model, split.x, cfg.batch_size, tta, cfg.bf16)
-    loss = F.cross_entropy(logits, split.y).item()
-    acc = (logits.argmax(1) == split.y).float().mean().item()
-    return loss, acc
+    return loss_and_accuracy(predict(model, split.x, cfg.batch_size, tta, cfg.bf16), split.y)
 
 
 def train_epoch(model: nn.Module, data: Split, cfg: TrainParams, opt, sched, gen: torch.Generator,

@@ -1,6 +1,6 @@
 import torch
 
-from stages.augment import cutout, random_crop_flip, reflect_index
+from stages.augment import cutout, random_crop_flip, reflect_index, translate
 
 
 def batch(n=16, c=3, h=8, w=8):
@@ -63,3 +63,14 @@ def test_crop_equals_reflect_pad_then_crop():
 def test_reflect_index_mirrors_without_repeating_the_edge():
     i = torch.arange(-3, 8)
     assert reflect_index(i, 5).tolist() == [3, 2, 1, 0, 1, 2, 3, 4, 3, 2, 1]
+
+
+def test_translate_moves_each_image_by_its_own_shift_with_reflected_borders():
+    x = torch.arange(32.0).reshape(2, 1, 4, 4)
+    out = translate(x, torch.tensor([1, -1]), torch.tensor([1, -1]))
+    down_right, up_left = out[0, 0], out[1, 0]
+    assert torch.equal(down_right[1:, 1:], x[0, 0, :3, :3])  # pixel (r, c) moves to (r + 1, c + 1)
+    assert torch.equal(down_right[0, 1:], x[0, 0, 1, :3])  # the new top row mirrors row 1
+    assert torch.equal(up_left[:3, :3], x[1, 0, 1:, 1:])
+    assert torch.equal(up_left[3, :3], x[1, 0, 2, 1:])  # the new bottom row mirrors row 2
+    assert torch.equal(translate(x, torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long)), x)

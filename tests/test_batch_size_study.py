@@ -73,12 +73,13 @@ def test_bad_arguments_are_refused_by_name(args, message, capsys):
 def test_real_run_on_digits_writes_table_csv_and_plot(tmp_path):
     repo = digits_project(tmp_path / "proj")
     shutil.copytree(ROOT / "scripts", repo / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
+    # batch 4, not 2: digits are 8x8, so the last stages run at 1x1, where BN over a batch of 2 in bf16 diverges
     r = run_module(repo, "scripts.batch_size_study", "--epochs", "6", "--train-images", "256",
-                   "--batch-sizes", "32", "2", "--jobs", "2")
+                   "--batch-sizes", "32", "4", "--jobs", "2")
     assert r.returncode == 0, r.stderr
     with open(repo / "metrics/batch_size.csv", newline="") as f:
         got = list(csv.DictReader(f))
-    assert [(g["norm"], int(g["batch_size"])) for g in got] == [(n, b) for n in ("bn", "gn", "ln") for b in (2, 32)]
+    assert [(g["norm"], int(g["batch_size"])) for g in got] == [(n, b) for n in ("bn", "gn", "ln") for b in (4, 32)]
     recipe = load_params(repo / "params.yaml").train
     for g in got:
         assert float(g["lr"]) == pytest.approx(recipe.lr * int(g["batch_size"]) / recipe.batch_size)
@@ -88,7 +89,7 @@ def test_real_run_on_digits_writes_table_csv_and_plot(tmp_path):
     assert (repo / "plots/batch_size.png").stat().st_size > 10_000
     # a second seed later: only the new runs train, the first seed's rows are reused from the CSV
     r = run_module(repo, "scripts.batch_size_study", "--epochs", "6", "--train-images", "256",
-                   "--batch-sizes", "32", "2", "--jobs", "2", "--seeds", "0", "1")
+                   "--batch-sizes", "32", "4", "--jobs", "2", "--seeds", "0", "1")
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("seed 1: test error") == 6 and "seed 0: test error" not in r.stdout
     with open(repo / "metrics/batch_size.csv", newline="") as f:

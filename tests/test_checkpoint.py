@@ -2,15 +2,15 @@
 import pytest
 import torch
 
-from stages.checkpoint import CheckpointError, load, load_model, new_model, save
+from stages.checkpoint import CheckpointError, load, load_model, load_test_logits, new_model, save
 
-CONFIG = {"norm": "bn", "widths": [8, 16], "depth": [0], "pool_first": [False], "gn_groups": 4, "in_channels": 3,
+CONFIG = {"norm": "bn", "widths": [8, 16], "depth": [0], "stem_pool": False, "gn_groups": 4, "in_channels": 3,
           "classes": 10}
 
 
-def saved(tmp_path, config=CONFIG):
+def saved(tmp_path, config=CONFIG, **extra):
     path = tmp_path / "m.pt"
-    save(path, {"config": config, "state_dict": new_model(config).state_dict()})
+    save(path, {"config": config, "state_dict": new_model(config).state_dict(), **extra})
     return path
 
 
@@ -23,6 +23,20 @@ def test_round_trip(tmp_path):
 def test_model_of_another_norm_or_architecture_is_refused(tmp_path, change):
     with pytest.raises(CheckpointError, match="holds a model with config .* re-run its training stage"):
         load_model(saved(tmp_path), {**CONFIG, **change})
+
+
+def test_test_logits_come_back_for_the_same_config_and_tta(tmp_path):
+    logits = torch.randn(5, 10)
+    path = saved(tmp_path, tta="flip", test_logits=logits)
+    assert torch.equal(load_test_logits(path, CONFIG, "flip"), logits)
+    with pytest.raises(CheckpointError, match="holds a model with config"):
+        load_test_logits(path, {**CONFIG, "norm": "ln"}, "flip")
+
+
+@pytest.mark.parametrize("extra", [{}, {"tta": "flip"}, {"tta": "none", "test_logits": None}])
+def test_test_logits_of_another_tta_or_none_are_refused(tmp_path, extra):
+    with pytest.raises(CheckpointError, match="no test predictions made with train.tta='none'"):
+        load_test_logits(saved(tmp_path, **extra), CONFIG, "none")
 
 
 def test_missing_and_corrupt_files(tmp_path):

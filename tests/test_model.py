@@ -10,7 +10,7 @@ from tests.conftest import ROOT
 @pytest.mark.parametrize("norm", NORMS)
 def test_committed_params_build_every_norm_under_budget(norm):
     p = load_params(ROOT / "params.yaml").model
-    model = build_model(norm, p.widths, p.depth, p.gn_groups, pool_first=p.pool_first)
+    model = build_model(norm, p.widths, p.depth, p.gn_groups, stem_pool=p.stem_pool)
     assert count_params(model) < MAX_PARAMS
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
@@ -72,24 +72,34 @@ def test_down_stage_is_residual_and_halves_resolution():
     assert torch.allclose(out[:, 8:], main[:, 8:])
 
 
-def test_pool_first_stage_convolves_the_pooled_input():
+def test_stage_without_pool_keeps_the_resolution_with_an_identity_shortcut():
     torch.manual_seed(0)
-    first = DownStage(8, 16, "bn", 4, pool_first=True)
-    first.eval()
+    stage = DownStage(8, 16, "bn", 4, pool=False).eval()
     x = torch.randn(2, 8, 8, 8)
-    pooled = nn.functional.max_pool2d(x, 2)
-    out = first(x)
-    assert out.shape == (2, 16, 4, 4)
-    conv = first.main[0]
-    expected = nn.functional.gelu(first.main[1](conv(pooled)))  # conv at 4x4, then norm and GELU
-    assert torch.allclose(out[:, :8], pooled + expected[:, :8], atol=1e-6)
-    assert torch.allclose(out[:, 8:], expected[:, 8:], atol=1e-6)
+    out = stage(x)
+    assert out.shape == (2, 16, 8, 8)
+    main = stage.main(x)
+    assert torch.allclose(out[:, :8], x + main[:, :8])
+    assert torch.allclose(out[:, 8:], main[:, 8:])
 
 
-@pytest.mark.parametrize("pool_first", [(True,), (False, True, False)])
-def test_pool_first_needs_one_entry_per_stage(pool_first):
-    with pytest.raises(ValueError, match="pool_first"):
-        build_model("bn", (8, 16, 16), (0, 0), 4, pool_first=pool_first)
+@pytest.mark.parametrize("stem_pool", [False, True])
+def test_stem_pool_moves_the_first_halving_into_the_stem(stem_pool):
+    model = build_model("bn", (8, 16, 16), (0, 1), 4, stem_pool=stem_pool)
+    stem, first = model.features[0], model.features[1]
+    x = torch.randn(2, 3, 32, 32)
+    assert stem(x).shape == ((2, 8, 16, 16) if stem_pool else (2, 8, 32, 32))
+    assert first(stem(x)).shape == (2, 16, 16, 16)  # same resolution after the first stage either way
+    assert model.forward_features(x).shape == (2, 16, 8, 8)
+    # a pooling stem: conv, max-pool, then norm and GELU on the pooled map
+    pool = [nn.MaxPool2d] if stem_pool else []
+    assert [type(m) for m in stem] == [nn.Conv2d, *pool, nn.BatchNorm2d, nn.GELU]
+
+
+@pytest.mark.parametrize("depth", [(1,), (0, 1, 0)])
+def test_depth_needs_one_entry_per_stage(depth):
+    with pytest.raises(ValueError, match="depth"):
+        build_model("bn", (8, 16, 16), depth, 4)
 
 
 def test_fp32_group_norm_matches_pytorch_and_keeps_the_dtype():

@@ -3,10 +3,11 @@ import dataclasses
 import pytest
 import torch
 
+from stages.augment import translate
 from stages.model import build_model
 from stages.params import load_params
 from stages.trainer import NonFiniteLoss, Split, epoch_batches, fit, l1_penalty, make_optimizer, one_cycle, \
-    param_groups, predict, shifted, train_epoch
+    param_groups, predict, train_epoch
 from tests.conftest import ROOT
 
 BASE = load_params(ROOT / "params.yaml").train
@@ -102,19 +103,11 @@ def test_predict_with_flip_shift_adds_the_four_shifted_views_at_one_third():
     model = small_model().eval()
     x = blobs(8).x
     flip = predict(model, x, 4, tta="flip", bf16=False)
-    views = [predict(model, shifted(v.float(), d, d), 8, tta="none", bf16=False)
-             for v in (x, x.flip(3)) for d in (1, -1)]
+    shifts = [torch.full((len(x),), d) for d in (1, -1)]
+    views = [predict(model, translate(v, s, s), 8, tta="none", bf16=False)
+             for v in (x, x.flip(3)) for s in shifts]
     got = predict(model, x, 4, tta="flip_shift", bf16=False)
     assert torch.allclose(got, 2 / 3 * flip + 1 / 3 * sum(views) / 4, atol=1e-5)
-
-
-def test_shifted_translates_with_reflected_borders():
-    x = torch.arange(16.0).reshape(1, 1, 4, 4)
-    down_right = shifted(x, 1, 1)[0, 0]
-    assert torch.equal(down_right[1:, 1:], x[0, 0, :3, :3])  # pixel (r, c) moves to (r + 1, c + 1)
-    assert torch.equal(down_right[0, 1:], x[0, 0, 1, :3])  # the new top row mirrors row 1
-    up_left = shifted(x, -1, -1)[0, 0]
-    assert torch.equal(up_left[:3, :3], x[0, 0, 1:, 1:])
 
 
 def test_fit_without_test_split_skips_the_per_epoch_test_pass():
