@@ -1,7 +1,7 @@
 """Does BatchNorm degrade at small batches while GroupNorm and LayerNorm do not? (GN paper, Figure 1)
 
     DATA_MIRROR=../shared/data dvc repro download      # data/prepared, once
-    python -m scripts.batch_size_study --seeds 0 1 2   # ~9 min per seed on 2 CPU cores
+    python -m scripts.batch_size_study --seeds 0 1 2   # ~7 min per seed on 2 CPU cores
 
 Trains every norm at each per-step batch size with the pipeline's recipe (params.yaml) and model, on a fixed
 random subset of the training set, for the same number of epochs at every batch size, with the learning rate
