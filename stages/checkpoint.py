@@ -53,18 +53,23 @@ def load_checked(path: Path, expect: dict) -> dict:
 
 
 def load_model(path: Path, expect: dict) -> Net:
-    """The trained model saved at path (see load_checked), in eval-ready form on the CPU."""
+    """The trained model saved at path (see load_checked), on the CPU and in eval mode (BN uses its
+    running statistics)."""
     ckpt = load_checked(path, expect)
     model = new_model(ckpt["config"])
     model.load_state_dict(ckpt["state_dict"])
-    return model
+    return model.eval()
 
 
-def load_test_logits(path: Path, expect: dict, tta: str) -> torch.Tensor:
-    """The test-set logits (N, classes) the training stage computed for the model at path with test-time
-    augmentation `tta` (refused for another config or tta, see load_checked)."""
+def load_test_logits(path: Path, expect: dict, tta: str, n_test: int) -> torch.Tensor:
+    """The test-set logits (n_test, classes) the training stage computed for the model at path with test-time
+    augmentation `tta` (refused for another config or tta, see load_checked, or another test-set size)."""
     ckpt = load_checked(path, expect)
-    if ckpt.get("tta") != tta or not isinstance(ckpt.get("test_logits"), torch.Tensor):
+    logits = ckpt.get("test_logits")
+    if ckpt.get("tta") != tta or not isinstance(logits, torch.Tensor):
         raise CheckpointError(f"{path} holds no test predictions made with train.tta={tta!r} (it has "
                               f"{ckpt.get('tta')!r}); re-run its training stage (dvc repro)")
-    return ckpt["test_logits"]
+    if logits.shape != (n_test, expect["classes"]):
+        raise CheckpointError(f"{path} holds test logits of shape {tuple(logits.shape)}, but the test set has "
+                              f"{n_test} images of {expect['classes']} classes; re-run its training stage")
+    return logits

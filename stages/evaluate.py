@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix
 
 from stages import cli, paths
-from stages.checkpoint import CheckpointError, load_test_logits, model_config
+from stages.checkpoint import load_test_logits, model_config
 from stages.data import load_dataset
 from stages.io import write_csv, write_json, write_npz
 from stages.model import NORMS
@@ -53,10 +53,7 @@ def main() -> None:
     per_norm, arrays = {}, {"classes": np.array(ds.classes)}
     for norm in NORMS:
         path = paths.model_path(norm)
-        logits = load_test_logits(path, model_config(params, norm, ds), params.train.tta)
-        if logits.shape != (len(y), len(ds.classes)):
-            raise CheckpointError(f"{path} holds test logits of shape {tuple(logits.shape)}, but the test set "
-                                  f"has {len(y)} images of {len(ds.classes)} classes; re-run its training stage")
+        logits = load_test_logits(path, model_config(params, norm, ds), params.train.tta, len(y))
         s = summarize(logits, y, len(ds.classes))
         per_norm[norm] = {k: s[k] for k in ("test_acc", "test_loss", "misclassified")}
         write_csv(paths.confusion_rows(norm), confusion_rows(ds.y_test, s["pred"], ds.classes))

@@ -90,10 +90,11 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int, tta: str, bf16: 
         with autocast(x.device, bf16):
             logits = model(xb).float()
             if tta in ("flip", "flip_shift"):
-                logits = 0.5 * (logits + model(xb.flip(3)).float())
+                mirror = xb.flip(3)
+                logits = 0.5 * (logits + model(mirror).float())
             if tta == "flip_shift":
                 shift = [torch.full((len(xb),), d, device=xb.device) for d in (1, -1)]
-                views = [translate(v, s, s) for v in (xb, xb.flip(3)) for s in shift]
+                views = [translate(v, s, s) for v in (xb, mirror) for s in shift]
                 logits = (2 * logits + sum(model(v).float() for v in views) / len(views)) / 3
         out.append(logits)
     return torch.cat(out)

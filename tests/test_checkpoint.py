@@ -16,6 +16,7 @@ def saved(tmp_path, config=CONFIG, **extra):
 
 def test_round_trip(tmp_path):
     model = load_model(saved(tmp_path), CONFIG)
+    assert not model.training  # eval mode: BN uses its running statistics
     assert model(torch.zeros(1, 3, 8, 8)).shape == (1, 10)
 
 
@@ -28,15 +29,23 @@ def test_model_of_another_norm_or_architecture_is_refused(tmp_path, change):
 def test_test_logits_come_back_for_the_same_config_and_tta(tmp_path):
     logits = torch.randn(5, 10)
     path = saved(tmp_path, tta="flip", test_logits=logits)
-    assert torch.equal(load_test_logits(path, CONFIG, "flip"), logits)
+    assert torch.equal(load_test_logits(path, CONFIG, "flip", 5), logits)
     with pytest.raises(CheckpointError, match="holds a model with config"):
-        load_test_logits(path, {**CONFIG, "norm": "ln"}, "flip")
+        load_test_logits(path, {**CONFIG, "norm": "ln"}, "flip", 5)
+
+
+@pytest.mark.parametrize("n_test, shape", [(6, (5, 10)), (5, (5, 9)), (5, (50,))])
+def test_test_logits_of_another_shape_are_refused(tmp_path, n_test, shape):
+    path = saved(tmp_path, tta="flip", test_logits=torch.zeros(shape))
+    with pytest.raises(CheckpointError, match=rf"test logits of shape .* but the test set has {n_test} images "
+                                              r"of 10 classes; re-run its training stage"):
+        load_test_logits(path, CONFIG, "flip", n_test)
 
 
 @pytest.mark.parametrize("extra", [{}, {"tta": "flip"}, {"tta": "none", "test_logits": None}])
 def test_test_logits_of_another_tta_or_none_are_refused(tmp_path, extra):
     with pytest.raises(CheckpointError, match="no test predictions made with train.tta='none'"):
-        load_test_logits(saved(tmp_path, **extra), CONFIG, "none")
+        load_test_logits(saved(tmp_path, **extra), CONFIG, "none", 5)
 
 
 def test_missing_and_corrupt_files(tmp_path):
