@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from stages import paths
+from stages.checkpoint import model_config, new_model
 from stages.data import load_dataset
-from stages.model import build_model
 from stages.params import load_params
 from stages.train import channel_stats, cpu_model
 from stages.trainer import Split, epoch_batches, make_optimizer, train_epoch
@@ -61,9 +61,8 @@ def baseline_pass(model, loader) -> int:
     return n
 
 
-def time_baseline(params, norm, x, y, mean, std) -> float:
-    model = build_model(norm, params.model.widths, params.model.depth, params.model.gn_groups,
-                        stem_pool=params.model.stem_pool)
+def time_baseline(config, x, y, mean, std) -> float:
+    model = new_model(config)
     loader = DataLoader(PilImages(x, y, mean.numpy(), std.numpy()), batch_size=64, shuffle=True,
                         num_workers=2, persistent_workers=True)
     baseline_pass(model, DataLoader(PilImages(x[:256], y[:256], mean.numpy(), std.numpy()), batch_size=64))
@@ -72,11 +71,9 @@ def time_baseline(params, norm, x, y, mean, std) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def time_ours(params, norm, x, y, mean, std) -> float:
+def time_ours(params, config, x, y, mean, std) -> float:
     torch.manual_seed(0)
-    model = build_model(norm, params.model.widths, params.model.depth, params.model.gn_groups, mean=mean, std=std,
-                        stem_pool=params.model.stem_pool)
-    model = model.to(memory_format=torch.channels_last)
+    model = new_model(config, mean, std).to(memory_format=torch.channels_last)
     cfg = dataclasses.replace(params.train, epochs=1)
     data = Split(torch.from_numpy(x), torch.from_numpy(y))
     opt, sched = make_optimizer(model, cfg, 10_000)
@@ -97,8 +94,9 @@ def main() -> None:
     ds = load_dataset(paths.PREPARED)
     x, y = ds.x_train[: args.images], ds.y_train[: args.images]
     mean, std = channel_stats(torch.from_numpy(x))
-    base = time_baseline(params, args.norm, x, y, mean, std)
-    ours = time_ours(params, args.norm, x, y, mean, std)
+    config = model_config(params, args.norm, ds)
+    base = time_baseline(config, x, y, mean, std)
+    ours = time_ours(params, config, x, y, mean, std)
     print(f"machine: {cpu_model()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}; norm {args.norm}, {args.images} images")
     print(f"course-style baseline: {base:8.0f} img/s  ({50_000 / base:6.1f} s per 50k-image epoch)")

@@ -45,11 +45,25 @@ def make_norm(kind: str, channels: int, gn_groups: int = 8) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}: expected one of {', '.join(NORMS)}")
 
 
-class ConvNormAct(nn.Sequential):
-    """3x3 conv (no bias: the norm's shift replaces it), optional 2x2 max-pool, norm, GELU."""
+class WSConv2d(nn.Conv2d):
+    """Conv2d with Weight Standardization (Qiao et al., 2019): every output filter's weights are shifted and
+    scaled to mean 0, variance 1 before use. Why: it smooths the loss landscape where no batch statistics do;
+    in 10-epoch probes here GN gained 1.4 points with it, BN nothing (same on both). One fused op on the small
+    weight tensor (layer_norm over each filter), so it costs per step, not per image.
+    """
 
-    def __init__(self, c_in: int, c_out: int, norm: str, gn_groups: int, pool: bool):
-        layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = F.layer_norm(self.weight.flatten(1), (self.weight[0].numel(),), eps=1e-5).view_as(self.weight)
+        return self._conv_forward(x, w, self.bias)
+
+
+class ConvNormAct(nn.Sequential):
+    """kernel x kernel conv (no bias: the norm's shift replaces it; weight-standardized if ws), optional 2x2
+    max-pool, norm, GELU."""
+
+    def __init__(self, c_in: int, c_out: int, norm: str, gn_groups: int, pool: bool, kernel: int = 3,
+                 ws: bool = False):
+        layers = [(WSConv2d if ws else nn.Conv2d)(c_in, c_out, kernel, padding=kernel // 2, bias=False)]
         if pool:
             layers.append(nn.MaxPool2d(2))
         layers += [make_norm(norm, c_out, gn_groups), nn.GELU()]
@@ -75,11 +89,11 @@ class DownStage(nn.Module):
     first stage after a stem that already pooled).
     """
 
-    def __init__(self, c_in: int, c_out: int, norm: str, gn_groups: int, pool: bool = True):
+    def __init__(self, c_in: int, c_out: int, norm: str, gn_groups: int, pool: bool = True, ws: bool = False):
         super().__init__()
         if c_out < c_in:
             raise ValueError(f"widths must not decrease (got {c_in} -> {c_out})")
-        self.main = ConvNormAct(c_in, c_out, norm, gn_groups, pool=pool)
+        self.main = ConvNormAct(c_in, c_out, norm, gn_groups, pool=pool, ws=ws)
         self.shortcut = nn.MaxPool2d(2) if pool else nn.Identity()
         self.extra = c_out - c_in
 
@@ -92,26 +106,33 @@ class Net(nn.Module):
 
     A stem conv + norm + GELU, then per width in `widths[1:]` one residual stage (conv + 2x2 max-pool + norm
     + GELU, with a pooled, zero-padded shortcut) followed by depth[i] residual conv-norm-GELU blocks.
-    Global max-pool and a linear classifier close it. Each stage halves H and W, except that with `stem_pool`
+    With head_width > 0, a 1x1 conv-norm-GELU widens the last features to head_width channels; then global
+    max-pool and a linear classifier. Why: with widths[-1] = 32 the classifier saw only 32 features; a 1x1 conv
+    to 64 costs 2.5k parameters and gave +1.0 point in a 10-epoch BN probe. Each stage halves H and W, except that with `stem_pool`
     the stem does the first halving (conv, max-pool, then norm and GELU at half resolution) and the first
     stage keeps the resolution: the same 32 -> 16 -> 8 -> 4 ladder, with no norm or GELU at 32x32.
     Why: at 32x32 the stem's norm, GELU and max-pool were a third of a training step on a 2-core CPU.
     """
 
     def __init__(self, norm: str, widths: tuple[int, ...], depth: tuple[int, ...], in_channels: int,
-                 classes: int, gn_groups: int, mean: torch.Tensor, std: torch.Tensor, stem_pool: bool):
+                 classes: int, gn_groups: int, mean: torch.Tensor, std: torch.Tensor, stem_pool: bool,
+                 head_width: int = 0, weight_std: bool = False):
         super().__init__()
         if len(depth) != len(widths) - 1:
             raise ValueError(f"depth {list(depth)} needs one entry per stage after the stem ({len(widths) - 1})")
         # Per-channel input statistics (shape (C,)) are buffers so a checkpoint is self-contained.
         self.register_buffer("mean", mean.reshape(1, -1, 1, 1).float())
         self.register_buffer("std", std.reshape(1, -1, 1, 1).float())
-        layers: list[nn.Module] = [ConvNormAct(in_channels, widths[0], norm, gn_groups, pool=stem_pool)]
+        ws = weight_std
+        layers: list[nn.Module] = [ConvNormAct(in_channels, widths[0], norm, gn_groups, pool=stem_pool, ws=ws)]
         for i, (c_in, c_out, blocks) in enumerate(zip(widths[:-1], widths[1:], depth)):
-            layers.append(DownStage(c_in, c_out, norm, gn_groups, pool=not (stem_pool and i == 0)))
-            layers += [Residual(ConvNormAct(c_out, c_out, norm, gn_groups, pool=False)) for _ in range(blocks)]
+            layers.append(DownStage(c_in, c_out, norm, gn_groups, pool=not (stem_pool and i == 0), ws=ws))
+            layers += [Residual(ConvNormAct(c_out, c_out, norm, gn_groups, pool=False, ws=ws))
+                       for _ in range(blocks)]
+        if head_width:
+            layers.append(ConvNormAct(widths[-1], head_width, norm, gn_groups, pool=False, kernel=1, ws=ws))
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(widths[-1], classes)
+        self.head = nn.Linear(head_width or widths[-1], classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features((x - self.mean) / self.std)
@@ -127,11 +148,12 @@ def count_params(model: nn.Module) -> int:
 
 def build_model(norm: str, widths: tuple[int, ...], depth: tuple[int, ...], gn_groups: int, in_channels: int = 3,
                 classes: int = 10, mean: torch.Tensor | None = None, std: torch.Tensor | None = None,
-                stem_pool: bool = False) -> Net:
+                stem_pool: bool = False, head_width: int = 0, weight_std: bool = False) -> Net:
     """Build the net and enforce the parameter budget (raises ValueError naming the widths)."""
     mean = torch.zeros(in_channels) if mean is None else mean
     std = torch.ones(in_channels) if std is None else std
-    model = Net(norm, tuple(widths), tuple(depth), in_channels, classes, gn_groups, mean, std, stem_pool)
+    model = Net(norm, tuple(widths), tuple(depth), in_channels, classes, gn_groups, mean, std, stem_pool,
+                head_width, weight_std)
     n = count_params(model)
     if n >= MAX_PARAMS:
         raise ValueError(f"model.widths={list(widths)} with model.depth={list(depth)} gives {n:,} parameters "

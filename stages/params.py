@@ -37,6 +37,8 @@ class ModelParams:
     widths: tuple[int, ...]  # stem width, then one width per stage (each halves the resolution)
     depth: tuple[int, ...]  # extra residual blocks after each stage
     stem_pool: bool  # the first halving happens in the stem (its norm and GELU run at half resolution)
+    head_width: int  # channels of a 1x1 conv-norm-GELU before global pooling (0: none)
+    weight_std: bool  # Weight Standardization of every conv (all norms alike)
     gn_groups: int  # GroupNorm groups (GN model only)
 
     def __post_init__(self):
@@ -45,8 +47,11 @@ class ModelParams:
         _require(len(self.depth) == len(self.widths) - 1 and all(d >= 0 for d in self.depth), "model.depth",
                  f"must list one count >= 0 per stage after the stem ({len(self.widths) - 1} for "
                  f"model.widths={list(self.widths)}), got {list(self.depth)}")
-        _require(self.gn_groups >= 1 and all(w % self.gn_groups == 0 for w in self.widths), "model.gn_groups",
-                 f"{self.gn_groups} must be >= 1 and divide every width in model.widths={list(self.widths)}")
+        _require(self.head_width >= 0, "model.head_width", f"must be >= 0 (0: no head conv), got {self.head_width}")
+        widths = list(self.widths) + ([self.head_width] if self.head_width else [])
+        _require(self.gn_groups >= 1 and all(w % self.gn_groups == 0 for w in widths), "model.gn_groups",
+                 f"{self.gn_groups} must be >= 1 and divide every width in model.widths={list(self.widths)} "
+                 f"and model.head_width={self.head_width}")
 
 
 @dataclass(frozen=True)
@@ -139,7 +144,8 @@ def check_budget(model: ModelParams) -> None:
     from stages.model import build_model
     for norm in NORMS:
         try:
-            build_model(norm, model.widths, model.depth, model.gn_groups, stem_pool=model.stem_pool)
+            build_model(norm, model.widths, model.depth, model.gn_groups, stem_pool=model.stem_pool,
+                        head_width=model.head_width, weight_std=model.weight_std)
         except ValueError as e:
             raise ParamsError(f"params.yaml: model: {e}") from None
 

@@ -1,8 +1,10 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from stages.model import MAX_PARAMS, NORMS, DownStage, build_model, count_params, make_norm
+from stages.model import (MAX_PARAMS, NORMS, DownStage, GroupNormFP32, WSConv2d, build_model, count_params,
+                          make_norm)
 from stages.params import load_params
 from tests.conftest import ROOT
 
@@ -10,7 +12,8 @@ from tests.conftest import ROOT
 @pytest.mark.parametrize("norm", NORMS)
 def test_committed_params_build_every_norm_under_budget(norm):
     p = load_params(ROOT / "params.yaml").model
-    model = build_model(norm, p.widths, p.depth, p.gn_groups, stem_pool=p.stem_pool)
+    model = build_model(norm, p.widths, p.depth, p.gn_groups, stem_pool=p.stem_pool, head_width=p.head_width,
+                        weight_std=p.weight_std)
     assert count_params(model) < MAX_PARAMS
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
@@ -47,7 +50,7 @@ def test_factory_rejects_groups_that_do_not_divide(groups):
 def test_only_the_norm_layers_differ_between_models():
     names = {}
     for norm in NORMS:
-        model = build_model(norm, (8, 16, 16), (1, 1), 4)
+        model = build_model(norm, (8, 16, 16), (1, 1), 4, head_width=32)
         names[norm] = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
     assert names["bn"] == names["gn"] == names["ln"]
 
@@ -94,6 +97,38 @@ def test_stem_pool_moves_the_first_halving_into_the_stem(stem_pool):
     # a pooling stem: conv, max-pool, then norm and GELU on the pooled map
     pool = [nn.MaxPool2d] if stem_pool else []
     assert [type(m) for m in stem] == [nn.Conv2d, *pool, nn.BatchNorm2d, nn.GELU]
+
+
+@pytest.mark.parametrize("head_width", [0, 24])
+def test_head_width_adds_a_1x1_conv_norm_gelu_before_pooling(head_width):
+    model = build_model("gn", (8, 16, 16), (0, 1), 4, head_width=head_width)
+    x = torch.randn(2, 3, 32, 32)
+    assert model.forward_features(x).shape == (2, head_width or 16, 8, 8)
+    assert model.head.in_features == (head_width or 16) and model(x).shape == (2, 10)
+    last = model.features[-1]
+    if head_width:  # 16 * 24 conv weights + 2 * 24 norm parameters, no conv bias
+        assert [type(m) for m in last] == [nn.Conv2d, GroupNormFP32, nn.GELU] and last[0].kernel_size == (1, 1)
+        assert count_params(last) == 16 * 24 + 2 * 24
+    else:
+        assert last.inner[0].kernel_size == (3, 3)  # the last residual block: no head conv
+
+
+def test_weight_std_standardizes_every_conv_filter_and_keeps_the_parameters():
+    torch.manual_seed(0)
+    plain = build_model("ln", (8, 16, 16), (1, 1), 4, head_width=32)
+    ws = build_model("ln", (8, 16, 16), (1, 1), 4, head_width=32, weight_std=True)
+    ws.load_state_dict(plain.state_dict())  # same parameter names and shapes
+    convs = [m for m in ws.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 6 and all(isinstance(m, WSConv2d) for m in convs)
+    conv = convs[2]
+    x = torch.randn(2, conv.in_channels, 6, 6)
+    w = conv.weight
+    standard = (w - w.mean((1, 2, 3), keepdim=True)) / (w.var((1, 2, 3), unbiased=False, keepdim=True) + 1e-5).sqrt()
+    assert torch.allclose(conv(x), F.conv2d(x, standard, padding=1), atol=1e-5)
+    # the output barely depends on the scale and offset of each filter's weights (exactly, but for eps)
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand(conv.out_channels, 1, 1, 1) * 5 + 0.5).add_(torch.randn(conv.out_channels, 1, 1, 1))
+    assert torch.allclose(conv(x), F.conv2d(x, standard, padding=1), rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize("depth", [(1,), (0, 1, 0)])
