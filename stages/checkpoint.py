@@ -18,8 +18,7 @@ class CheckpointError(RuntimeError):
 def model_config(params: Params, norm: str, ds: Dataset) -> dict:
     """Everything needed to rebuild the architecture; stored with the weights and checked on load."""
     return {"norm": norm, "widths": list(params.model.widths), "depth": list(params.model.depth),
-            "stem_pool": params.model.stem_pool, "pool_first": params.model.pool_first,
-            "head_width": params.model.head_width,
+            "stem_pool": params.model.stem_pool, "head_width": params.model.head_width,
             "weight_std": params.model.weight_std, "gn_groups": params.model.gn_groups,
             "in_channels": int(ds.x_train.shape[1]), "classes": len(ds.classes)}
 
@@ -27,7 +26,7 @@ def model_config(params: Params, norm: str, ds: Dataset) -> dict:
 def new_model(config: dict, mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> Net:
     return build_model(config["norm"], tuple(config["widths"]), tuple(config["depth"]), config["gn_groups"],
                        config["in_channels"], config["classes"], mean, std, config["stem_pool"], config["head_width"],
-                       config["weight_std"], config["pool_first"])
+                       config["weight_std"])
 
 
 def save(path: Path, payload: dict) -> None:

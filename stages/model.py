@@ -88,22 +88,17 @@ class DownStage(nn.Module):
 
     pool=False: no max-pool in the conv branch or the shortcut; the stage keeps its input's resolution (the
     first stage after a stem that already pooled).
-    pool_first: max-pool the input once, then conv + norm + GELU at half resolution, the pooled input also
-    being the shortcut: one max-pool instead of two and a conv on a quarter of the positions.
     """
 
-    def __init__(self, c_in: int, c_out: int, norm: str, gn_groups: int, pool: bool = True, ws: bool = False,
-                 pool_first: bool = False):
+    def __init__(self, c_in: int, c_out: int, norm: str, gn_groups: int, pool: bool = True, ws: bool = False):
         super().__init__()
         if c_out < c_in:
             raise ValueError(f"widths must not decrease (got {c_in} -> {c_out})")
-        self.pool = nn.MaxPool2d(2) if pool and pool_first else nn.Identity()
-        self.main = ConvNormAct(c_in, c_out, norm, gn_groups, pool=pool and not pool_first, ws=ws)
-        self.shortcut = nn.MaxPool2d(2) if pool and not pool_first else nn.Identity()
+        self.main = ConvNormAct(c_in, c_out, norm, gn_groups, pool=pool, ws=ws)
+        self.shortcut = nn.MaxPool2d(2) if pool else nn.Identity()
         self.extra = c_out - c_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(x)
         return self.main(x) + F.pad(self.shortcut(x), (0, 0, 0, 0, 0, self.extra))
 
 
@@ -114,7 +109,7 @@ class Net(nn.Module):
     + GELU, with a pooled, zero-padded shortcut) followed by depth[i] residual conv-norm-GELU blocks.
     With head_width > 0, a 1x1 conv-norm-GELU widens the last features to head_width channels; then global
     max-pool and a linear classifier. Why: with widths[-1] = 32 the classifier saw only 32 features; a 1x1 conv
-    to 64 costs 2.5k parameters and gave +1.0 point in a 10-epoch BN probe. Each stage halves H and W, except that with `stem_pool`
+    to 64 costs 2.5k parameters and gave +0.5 points (mean of 2 seeds) in 10-epoch BN probes. Each stage halves H and W, except that with `stem_pool`
     the stem does the first halving (conv, max-pool, then norm and GELU at half resolution) and the first
     stage keeps the resolution: the same 32 -> 16 -> 8 -> 4 ladder, with no norm or GELU at 32x32.
     Why: at 32x32 the stem's norm, GELU and max-pool were a third of a training step on a 2-core CPU.
@@ -122,7 +117,7 @@ class Net(nn.Module):
 
     def __init__(self, norm: str, widths: tuple[int, ...], depth: tuple[int, ...], in_channels: int,
                  classes: int, gn_groups: int, mean: torch.Tensor, std: torch.Tensor, stem_pool: bool,
-                 head_width: int = 0, weight_std: bool = False, pool_first: bool = False):
+                 head_width: int = 0, weight_std: bool = False):
         super().__init__()
         if len(depth) != len(widths) - 1:
             raise ValueError(f"depth {list(depth)} needs one entry per stage after the stem ({len(widths) - 1})")
@@ -132,8 +127,7 @@ class Net(nn.Module):
         ws = weight_std
         layers: list[nn.Module] = [ConvNormAct(in_channels, widths[0], norm, gn_groups, pool=stem_pool, ws=ws)]
         for i, (c_in, c_out, blocks) in enumerate(zip(widths[:-1], widths[1:], depth)):
-            layers.append(DownStage(c_in, c_out, norm, gn_groups, pool=not (stem_pool and i == 0), ws=ws,
-                                    pool_first=pool_first))
+            layers.append(DownStage(c_in, c_out, norm, gn_groups, pool=not (stem_pool and i == 0), ws=ws))
             layers += [Residual(ConvNormAct(c_out, c_out, norm, gn_groups, pool=False, ws=ws))
                        for _ in range(blocks)]
         if head_width:
@@ -155,13 +149,12 @@ def count_params(model: nn.Module) -> int:
 
 def build_model(norm: str, widths: tuple[int, ...], depth: tuple[int, ...], gn_groups: int, in_channels: int = 3,
                 classes: int = 10, mean: torch.Tensor | None = None, std: torch.Tensor | None = None,
-                stem_pool: bool = False, head_width: int = 0, weight_std: bool = False,
-                pool_first: bool = False) -> Net:
+                stem_pool: bool = False, head_width: int = 0, weight_std: bool = False) -> Net:
     """Build the net and enforce the parameter budget (raises ValueError naming the widths)."""
     mean = torch.zeros(in_channels) if mean is None else mean
     std = torch.ones(in_channels) if std is None else std
     model = Net(norm, tuple(widths), tuple(depth), in_channels, classes, gn_groups, mean, std, stem_pool,
-                head_width, weight_std, pool_first)
+                head_width, weight_std)
     n = count_params(model)
     if n >= MAX_PARAMS:
         raise ValueError(f"model.widths={list(widths)} with model.depth={list(depth)} gives {n:,} parameters "

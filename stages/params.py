@@ -37,7 +37,6 @@ class ModelParams:
     widths: tuple[int, ...]  # stem width, then one width per stage (each halves the resolution)
     depth: tuple[int, ...]  # extra residual blocks after each stage
     stem_pool: bool  # the first halving happens in the stem (its norm and GELU run at half resolution)
-    pool_first: bool  # the other halving stages max-pool before their conv (shared with the shortcut)
     head_width: int  # channels of a 1x1 conv-norm-GELU before global pooling (0: none)
     weight_std: bool  # Weight Standardization of every conv (all norms alike)
     gn_groups: int  # GroupNorm groups (GN model only)
@@ -146,7 +145,7 @@ def check_budget(model: ModelParams) -> None:
     for norm in NORMS:
         try:
             build_model(norm, model.widths, model.depth, model.gn_groups, stem_pool=model.stem_pool,
-                        head_width=model.head_width, weight_std=model.weight_std, pool_first=model.pool_first)
+                        head_width=model.head_width, weight_std=model.weight_std)
         except ValueError as e:
             raise ParamsError(f"params.yaml: model: {e}") from None
 

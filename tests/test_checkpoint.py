@@ -4,8 +4,8 @@ import torch
 
 from stages.checkpoint import CheckpointError, load, load_model, load_test_logits, new_model, save
 
-CONFIG = {"norm": "bn", "widths": [8, 16], "depth": [0], "stem_pool": False, "pool_first": False, "head_width": 0,
-          "weight_std": False, "gn_groups": 4, "in_channels": 3, "classes": 10}
+CONFIG = {"norm": "bn", "widths": [8, 16], "depth": [0], "stem_pool": False, "head_width": 0, "weight_std": False,
+          "gn_groups": 4, "in_channels": 3, "classes": 10}
 
 
 def saved(tmp_path, config=CONFIG, **extra):

@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 def test_committed_params_build_every_norm_under_budget(norm):
     p = load_params(ROOT / "params.yaml").model
     model = build_model(norm, p.widths, p.depth, p.gn_groups, stem_pool=p.stem_pool, head_width=p.head_width,
-                        weight_std=p.weight_std, pool_first=p.pool_first)
+                        weight_std=p.weight_std)
     assert count_params(model) < MAX_PARAMS
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
@@ -84,20 +84,6 @@ def test_stage_without_pool_keeps_the_resolution_with_an_identity_shortcut():
     main = stage.main(x)
     assert torch.allclose(out[:, :8], x + main[:, :8])
     assert torch.allclose(out[:, 8:], main[:, 8:])
-
-
-def test_pool_first_pools_once_and_shares_the_pooled_input_with_the_shortcut():
-    torch.manual_seed(0)
-    stage = DownStage(8, 16, "bn", 4, pool=True, pool_first=True).eval()
-    x = torch.randn(2, 8, 8, 8)
-    pooled = nn.functional.max_pool2d(x, 2)
-    out = stage(x)
-    assert out.shape == (2, 16, 4, 4)
-    assert torch.allclose(out, stage.main(pooled) + nn.functional.pad(pooled, (0, 0, 0, 0, 0, 8)))
-    assert sum(isinstance(m, nn.MaxPool2d) for m in stage.modules()) == 1
-    assert stage.main[0].weight.shape == (16, 8, 3, 3)  # same conv, now at 4x4
-    model = build_model("bn", (8, 16, 16), (0, 1), 4, stem_pool=True, pool_first=True)
-    assert model.forward_features(torch.zeros(2, 3, 32, 32)).shape == (2, 16, 8, 8)  # still 32 -> 16 -> 8
 
 
 @pytest.mark.parametrize("stem_pool", [False, True])

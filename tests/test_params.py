@@ -45,7 +45,6 @@ def test_committed_params_are_valid():
     ("model.stem_pool", [True], "model.stem_pool"),
     ("model.head_width", -16, "model.head_width"),
     ("model.weight_std", "true", "model.weight_std"),
-    ("model.pool_first", 0, "model.pool_first"),
     ("model.head_width", 64.0, "model.head_width"),
     ("model.head_width", 66, "model.gn_groups"),  # 4 groups do not divide the head's 66 channels
     ("train.epochs", 0, "train.epochs"),
