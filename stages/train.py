@@ -23,7 +23,7 @@ from stages.checkpoint import CheckpointError, load, model_config, new_model, sa
 from stages.io import write_csv, write_json
 from stages.model import NORMS, Net, count_params
 from stages.params import Params, load_params
-from stages.trainer import PERCENTILES, Split, fit, loss_and_accuracy, pick_device, predict
+from stages.trainer import PERCENTILES, Split, fit, keep_freed_memory, loss_and_accuracy, pick_device, predict
 
 
 LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("norm", choices=NORMS)
     norm = parser.parse_args(argv).norm
     params = load_params(paths.PARAMS)
+    keep_freed_memory()  # before the data is loaded: ~10 % faster training steps on glibc
     ds = load_dataset(paths.PREPARED)
     device = pick_device()
     metrics = train_norm(norm, params, ds, device)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import time
 from dataclasses import dataclass
@@ -33,6 +34,20 @@ def pick_device() -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to serve blocks up to 32 MiB (its maximum) from the heap and to keep freed memory
+    instead of returning it to the OS. Why: every training step allocates and frees the same few-MB activation
+    buffers; by default glibc maps them fresh from the OS and unmaps them again, so each step pays page faults.
+    Measured here: 8.15 instead of 9.1-10.0 s per 50k-image epoch (BN), same numbers. Process-wide; memory is
+    bounded by the peak use. Returns False where there is no glibc (macOS, Windows, musl), changing nothing."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
 def autocast(device: torch.device, bf16: bool):

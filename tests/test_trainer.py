@@ -1,4 +1,8 @@
+import ctypes
 import dataclasses
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -6,8 +10,8 @@ import torch
 from stages.augment import translate
 from stages.model import build_model
 from stages.params import load_params
-from stages.trainer import NonFiniteLoss, Split, epoch_batches, fit, l1_penalty, make_optimizer, one_cycle, \
-    param_groups, predict, train_epoch
+from stages.trainer import NonFiniteLoss, Split, epoch_batches, fit, keep_freed_memory, l1_penalty, make_optimizer, \
+    one_cycle, param_groups, predict, train_epoch
 from tests.conftest import ROOT
 
 BASE = load_params(ROOT / "params.yaml").train
@@ -149,3 +153,18 @@ def test_bn_trained_at_batch_2_tests_with_running_statistics():
     assert torch.allclose(alone, in_batch, atol=1e-5)
     model.train()
     assert not torch.allclose(model(data.x[:2].float())[:1], model(data.x[:1].repeat(2, 1, 1, 1).float())[:1])
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_keep_freed_memory_applies_on_glibc():
+    # in a fresh interpreter: the setting is process-wide
+    code = "from stages.trainer import keep_freed_memory; print(keep_freed_memory())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+
+
+def test_keep_freed_memory_is_a_no_op_without_glibc(monkeypatch):
+    def no_libc(name):
+        raise OSError(f"{name}: cannot open shared object file")
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    assert keep_freed_memory() is False
