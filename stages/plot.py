@@ -21,9 +21,9 @@ LABELS = {"bn": "BatchNorm", "gn": "GroupNorm", "ln": "LayerNorm (GroupNorm(1, C
 COLORS = {"bn": "tab:blue", "gn": "tab:orange", "ln": "tab:green"}
 # (column in plots/train/<norm>.csv, panel title, y label, scale for display)
 PANELS = [("train_loss", "Train loss", "cross-entropy (nats, with label smoothing)", 1.0),
-          ("test_loss", "Test loss", "cross-entropy (nats)", 1.0),
+          ("test_loss", "Test loss (every 2nd test image, no TTA)", "cross-entropy (nats)", 1.0),
           ("train_acc", "Train accuracy", "accuracy (%)", 100.0),
-          ("test_acc", "Test accuracy", "accuracy (%)", 100.0)]
+          ("test_acc", "Test accuracy (every 2nd test image, no TTA)", "accuracy (%)", 100.0)]
 
 
 def parse_log(text: str) -> dict[str, np.ndarray]:

@@ -168,3 +168,12 @@ def test_keep_freed_memory_is_a_no_op_without_glibc(monkeypatch):
         raise OSError(f"{name}: cannot open shared object file")
     monkeypatch.setattr(ctypes, "CDLL", no_libc)
     assert keep_freed_memory() is False
+
+
+def test_curve_split_takes_every_second_test_image_from_every_class():
+    from stages.train import curve_split
+    y = torch.arange(10).repeat_interleave(1000)  # stored class by class, as the CIFAR-10 test set is
+    x = torch.arange(10_000).reshape(-1, 1, 1, 1).expand(-1, 3, 2, 2).to(torch.uint8)
+    curve = curve_split(Split(x, y))
+    assert len(curve.y) == 5000 and torch.equal(torch.bincount(curve.y), torch.full((10,), 500))
+    assert torch.equal(curve.x, x[::2]) and torch.equal(curve.y, y[::2])
