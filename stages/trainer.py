@@ -40,7 +40,7 @@ def keep_freed_memory() -> bool:
     """Tell glibc's malloc to serve blocks up to 32 MiB (its maximum) from the heap and to keep freed memory
     instead of returning it to the OS. Why: every training step allocates and frees the same few-MB activation
     buffers; by default glibc maps them fresh from the OS and unmaps them again, so each step pays page faults.
-    Measured here: 8.15 instead of 9.1-10.0 s per 50k-image epoch (BN), same numbers. Process-wide; memory is
+    Measured here: 5-12 % less time per training step (BN), bit-identical results. Process-wide; memory is
     bounded by the peak use. Returns False where there is no glibc (macOS, Windows, musl), changing nothing."""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
