@@ -43,15 +43,14 @@ def save_figure(fig, path: Path) -> None:
 
 
 def curves_figure(logs: dict[str, dict[str, np.ndarray]]):
-    """2x2 panels (train/test loss, train/test accuracy), all norms overlaid, final values annotated."""
+    """2x2 panels (train/test loss, train/test accuracy), all norms overlaid, final values in the legend (not at
+    the line ends, where the three nearly equal values overprinted each other)."""
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), constrained_layout=True)
     for ax, (col, title, ylabel, scale) in zip(axes.flat, PANELS):
         for norm, log in logs.items():
             y = log[col] * scale
             final = f"{y[-1]:.2f}" + (" %" if scale != 1.0 else "")
             ax.plot(log["epoch"], y, marker="o", ms=3, color=COLORS[norm], label=f"{LABELS[norm]}: {final}")
-            ax.annotate(final, (log["epoch"][-1], y[-1]), textcoords="offset points", xytext=(4, 0),
-                        fontsize=8, color=COLORS[norm], va="center")
         ax.set(title=title, xlabel="epoch", ylabel=ylabel)
         ax.grid(alpha=0.3)
         ax.legend(title="final value", fontsize=8)
