@@ -10,6 +10,7 @@ import torch
 from stages.augment import translate
 from stages.model import build_model
 from stages.params import load_params
+from stages.train import curve_split
 from stages.trainer import NonFiniteLoss, Split, epoch_batches, fit, keep_freed_memory, l1_penalty, make_optimizer, \
     one_cycle, param_groups, predict, train_epoch
 from tests.conftest import ROOT
@@ -171,7 +172,6 @@ def test_keep_freed_memory_is_a_no_op_without_glibc(monkeypatch):
 
 
 def test_curve_split_takes_every_second_test_image_from_every_class():
-    from stages.train import curve_split
     y = torch.arange(10).repeat_interleave(1000)  # stored class by class, as the CIFAR-10 test set is
     x = torch.arange(10_000).reshape(-1, 1, 1, 1).expand(-1, 3, 2, 2).to(torch.uint8)
     curve = curve_split(Split(x, y))
