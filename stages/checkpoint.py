@@ -24,9 +24,8 @@ def model_config(params: Params, norm: str, ds: Dataset) -> dict:
 
 
 def new_model(config: dict, mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> Net:
-    return build_model(config["norm"], tuple(config["widths"]), tuple(config["depth"]), config["gn_groups"],
-                       config["in_channels"], config["classes"], mean, std, config["stem_pool"],
-                       config["head_width"], config["weight_std"])
+    """The untrained net of a model_config (its keys are build_model's keywords), with input statistics."""
+    return build_model(**config, mean=mean, std=std)
 
 
 def save(path: Path, payload: dict) -> None:

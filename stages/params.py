@@ -144,8 +144,7 @@ def check_budget(model: ModelParams) -> None:
     from stages.model import build_model
     for norm in NORMS:
         try:
-            build_model(norm, model.widths, model.depth, model.gn_groups, stem_pool=model.stem_pool,
-                        head_width=model.head_width, weight_std=model.weight_std)
+            build_model(norm, **dataclasses.asdict(model))  # the field names are build_model's keywords
         except ValueError as e:
             raise ParamsError(f"params.yaml: model: {e}") from None
 

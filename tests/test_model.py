@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,8 +14,7 @@ from tests.conftest import ROOT
 @pytest.mark.parametrize("norm", NORMS)
 def test_committed_params_build_every_norm_under_budget(norm):
     p = load_params(ROOT / "params.yaml").model
-    model = build_model(norm, p.widths, p.depth, p.gn_groups, stem_pool=p.stem_pool, head_width=p.head_width,
-                        weight_std=p.weight_std)
+    model = build_model(norm, **dataclasses.asdict(p))
     assert count_params(model) < MAX_PARAMS
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
