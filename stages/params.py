@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from stages.model import NORMS
+from stages.model import NORMS, build_model
 
 MAX_EPOCHS = 20  # the budget of the comparison
 TTA_MODES = ("none", "flip", "flip_shift")  # test-time augmentation (see stages.trainer.predict)
@@ -141,7 +141,6 @@ def parse_params(raw: dict) -> Params:
 
 def check_budget(model: ModelParams) -> None:
     """Every norm's model must fit the parameter budget (builds them: a few ms)."""
-    from stages.model import build_model
     for norm in NORMS:
         try:
             build_model(norm, **dataclasses.asdict(model))  # the field names are build_model's keywords
