@@ -48,16 +48,17 @@ def random_crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.T
 
 
 def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
-    """Zero one random `size` x `size` square per image (the square may be clipped at the border)."""
+    """Zero one random `size` x `size` square per image: rows top..top+size-1 and columns likewise, with its
+    centre (top + size // 2, ...) uniform over the image, so the square may be clipped at the border."""
     if size <= 0:
         return x
     n, _, h, w = x.shape
     dev = x.device
-    cy = torch.randint(0, h, (n,), generator=gen, device=dev)
-    cx = torch.randint(0, w, (n,), generator=gen, device=dev)
+    top = torch.randint(0, h, (n,), generator=gen, device=dev) - size // 2
+    left = torch.randint(0, w, (n,), generator=gen, device=dev) - size // 2
     ys = torch.arange(h, device=dev)[None, :]
     xs = torch.arange(w, device=dev)[None, :]
-    in_y = (ys - cy[:, None]).abs() <= size // 2  # (N, H)
-    in_x = (xs - cx[:, None]).abs() <= size // 2  # (N, W)
+    in_y = (ys >= top[:, None]) & (ys < top[:, None] + size)  # (N, H)
+    in_x = (xs >= left[:, None]) & (xs < left[:, None] + size)  # (N, W)
     mask = in_y[:, :, None] & in_x[:, None, :]  # (N, H, W)
     return x.masked_fill(mask[:, None], 0)

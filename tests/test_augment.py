@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from stages.augment import cutout, random_crop_flip, reflect_index, translate
@@ -33,11 +34,23 @@ def test_no_pad_only_flips():
         assert torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(2))
 
 
-def test_cutout_zeroes_one_square_per_image():
+@pytest.mark.parametrize("size", [1, 4, 5])
+def test_cutout_zeroes_one_size_by_size_square_per_image(size):
+    x = torch.full((64, 3, 16, 16), 200, dtype=torch.uint8)
+    out = cutout(x, size, torch.Generator().manual_seed(0))
+    zeroed = (out == 0).all(1)  # (N, H, W): pixels zeroed in every channel
+    assert torch.equal((out == 0).any(1), zeroed) and torch.equal(out[~zeroed[:, None].expand_as(out)],
+                                                                    x[~zeroed[:, None].expand_as(x)])
+    rows, cols = zeroed.any(2), zeroed.any(1)  # (N, H), (N, W): which rows / columns hold zeros
+    assert torch.equal(zeroed, rows[:, :, None] & cols[:, None, :])  # a rectangle
+    h, w = rows.sum(1), cols.sum(1)
+    assert ((h >= 1) & (h <= size) & (w >= 1) & (w <= size)).all()  # clipped at the border at most
+    inside = (h == size) & (w == size)
+    assert inside.sum() > len(x) // 2  # most squares lie wholly inside a 16x16 image: exactly size x size
+
+
+def test_cutout_size_0_is_off():
     x = torch.full((4, 3, 16, 16), 200, dtype=torch.uint8)
-    out = cutout(x, 4, torch.Generator().manual_seed(0))
-    zeros = (out == 0).all(1).sum(dim=(1, 2))  # pixels zeroed per image
-    assert ((zeros > 0) & (zeros <= 25)).all()
     assert torch.equal(cutout(x, 0, torch.Generator()), x)
 
 
