@@ -24,3 +24,14 @@ def test_readme_study_tables_are_the_committed_ones():
 def test_committed_batch_size_table_is_rendered_from_the_committed_runs():
     from scripts.batch_size_study import markdown, read_rows
     assert markdown(read_rows(ROOT / "metrics" / "batch_size.csv")) == (ROOT / "metrics" / "batch_size.md").read_text()
+
+
+def test_readme_summary_quotes_the_committed_seed_means():
+    """The 'In short' paragraph's three-seed means are metrics/seeds.json's, to the printed digit."""
+    import json
+    summary = json.loads((ROOT / "metrics" / "seeds.json").read_text())
+    short = README.split("**In short**", 1)[1].split("\n\n", 1)[0]
+    for norm in ("bn", "gn", "ln"):
+        acc = summary[norm]["test_acc"]
+        quoted = f"{norm.upper()} {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} %"
+        assert quoted in " ".join(short.split()), quoted
