@@ -62,6 +62,8 @@ class TrainParams:
     momentum: float
     weight_decay: float
     warmup: float
+    low_res: float  # fraction of the epochs, the first ones, trained on images downscaled to low_res_size
+    low_res_size: int  # longer side in pixels of those images
     label_smoothing: float
     crop_pad: int
     cutout: int
@@ -76,6 +78,8 @@ class TrainParams:
         _require(0 <= self.momentum < 1, "train.momentum", f"must be in [0, 1), got {self.momentum}")
         _require(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _require(0 <= self.warmup < 1, "train.warmup", f"must be in [0, 1), got {self.warmup}")
+        _require(0 <= self.low_res < 1, "train.low_res", f"must be in [0, 1), got {self.low_res}")
+        _require(self.low_res_size > 0, "train.low_res_size", f"must be > 0, got {self.low_res_size}")
         _require(0 <= self.label_smoothing < 1, "train.label_smoothing",
                  f"must be in [0, 1), got {self.label_smoothing}")
         _require(self.crop_pad >= 0, "train.crop_pad", f"must be >= 0, got {self.crop_pad}")
@@ -94,6 +98,10 @@ class Params:
 
     def __post_init__(self):
         _require(self.norm in NORMS, "norm", f"must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        halvings = len(self.model.widths) - 1  # the stem (with stem_pool) or each stage halves H and W
+        _require(self.train.low_res == 0 or self.train.low_res_size >= 2 ** halvings, "train.low_res_size",
+                 f"must be >= {2 ** halvings} so that model.widths={list(self.model.widths)} can halve it "
+                 f"{halvings} times, got {self.train.low_res_size}")
 
 
 def _convert(value, typ, key: str):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from stages.augment import cutout, random_crop_flip, translate
+from stages.augment import cutout, downscale, random_crop_flip, translate
 from stages.params import TrainParams
 
 
@@ -75,6 +75,11 @@ def one_cycle(step: int, total: int, warmup: float) -> float:
     if step < warm:
         return 0.1 + 0.9 * step / warm
     return max(0.0, (total - step) / max(1, total - warm))
+
+
+def low_res_epochs(cfg: TrainParams) -> int:
+    """How many of the first epochs train on downscaled images: train.low_res of train.epochs, rounded."""
+    return round(cfg.low_res * cfg.epochs)
 
 
 def epoch_batches(n: int, batch_size: int) -> tuple[int, int]:
@@ -143,6 +148,7 @@ def train_epoch(model: nn.Module, data: Split, cfg: TrainParams, opt, sched, gen
                 epoch: int, desc: str = "train") -> tuple[float, float]:
     """One pass over the augmented, shuffled training set. Returns (mean train loss, train accuracy)."""
     model.train()
+    low_res = epoch <= low_res_epochs(cfg)  # progressive resizing: these epochs see cfg.low_res_size images
     x = cutout(random_crop_flip(data.x, cfg.crop_pad, gen), cfg.cutout, gen)
     order = torch.randperm(len(x), generator=gen, device=x.device)
     bs, steps = epoch_batches(len(x), cfg.batch_size)
@@ -150,7 +156,7 @@ def train_epoch(model: nn.Module, data: Split, cfg: TrainParams, opt, sched, gen
     correct = torch.zeros((), device=x.device)
     for step in tqdm(range(steps), desc=f"{desc} epoch {epoch}/{cfg.epochs}", leave=False, disable=None):
         idx = order[step * bs:(step + 1) * bs]
-        xb = x[idx].float()
+        xb = downscale(x[idx].float(), cfg.low_res_size) if low_res else x[idx].float()
         yb = data.y[idx]
         with autocast(x.device, cfg.bf16):
             logits = model(xb)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from stages.augment import cutout, random_crop_flip, reflect_index, translate
+from stages.augment import cutout, downscale, random_crop_flip, reflect_index, translate
 
 
 def batch(n=16, c=3, h=8, w=8):
@@ -86,3 +86,24 @@ def test_translate_moves_each_image_by_its_own_shift_with_reflected_borders():
     assert torch.equal(up_left[:3, :3], x[1, 0, 1:, 1:])
     assert torch.equal(up_left[3, :3], x[1, 0, 2, 1:])  # the new bottom row mirrors row 2
     assert torch.equal(translate(x, torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long)), x)
+
+
+def test_downscale_shrinks_the_longer_side_and_keeps_the_layout():
+    x = torch.full((4, 3, 32, 32), 100.0).contiguous(memory_format=torch.channels_last)
+    out = downscale(x, 24)
+    assert out.shape == (4, 3, 24, 24) and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(out, torch.full_like(out, 100.0))  # a flat image stays flat
+    assert downscale(torch.zeros(2, 3, 32, 16), 24).shape == (2, 3, 24, 12)  # aspect ratio kept
+
+
+def test_downscale_averages_instead_of_aliasing():
+    """A 1-pixel checkerboard halved: antialiased bilinear averages each 2x2 block to mid-grey, where plain
+    subsampling would keep one colour."""
+    board = ((torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 * 255.0).expand(1, 3, 32, 32)
+    out = downscale(board, 16)
+    assert torch.allclose(out, torch.full_like(out, 127.5), atol=3.0)  # +-2.6 at the borders
+
+
+def test_downscale_leaves_images_that_are_small_enough_alone():
+    x = torch.rand(2, 3, 8, 8)
+    assert downscale(x, 24) is x and downscale(x, 8) is x

@@ -58,6 +58,11 @@ def test_committed_params_are_valid():
     ("train.l1", -1e-5, "train.l1"),
     ("train.momentum", 1.0, "train.momentum"),
     ("train.warmup", 1.0, "train.warmup"),
+    ("train.low_res", 1.0, "train.low_res"),
+    ("train.low_res", -0.1, "train.low_res"),
+    ("train.low_res_size", 0, "train.low_res_size"),
+    ("train.low_res_size", 24.5, "train.low_res_size"),
+    ("train.low_res_size", 4, "train.low_res_size"),  # the 4-width net halves 3 times: at least 8 pixels
     ("train.label_smoothing", -0.1, "train.label_smoothing"),
     ("train.crop_pad", -1, "train.crop_pad"),
     ("train.cutout", -2, "train.cutout"),
@@ -69,6 +74,12 @@ def test_bad_values_are_rejected_by_key(path, value, key):
     with pytest.raises(ParamsError) as e:
         parse_params(with_(path, value))
     assert f"{key}:" in str(e.value)
+
+
+def test_low_res_size_is_only_checked_against_the_net_when_low_res_is_on():
+    raw = with_("train.low_res_size", 4)
+    raw["train"]["low_res"] = 0.0
+    assert parse_params(raw).train.low_res_size == 4
 
 
 def test_unknown_and_misspelt_keys_are_named():

@@ -12,7 +12,7 @@ from stages.model import build_model
 from stages.params import load_params
 from stages.train import curve_split
 from stages.trainer import NonFiniteLoss, Split, epoch_batches, fit, keep_freed_memory, l1_penalty, make_optimizer, \
-    one_cycle, param_groups, predict, train_epoch
+    low_res_epochs, one_cycle, param_groups, predict, train_epoch
 from tests.conftest import ROOT
 
 BASE = load_params(ROOT / "params.yaml").train
@@ -177,3 +177,25 @@ def test_curve_split_takes_every_second_test_image_from_every_class():
     curve = curve_split(Split(x, y))
     assert len(curve.y) == 5000 and torch.equal(torch.bincount(curve.y), torch.full((10,), 500))
     assert torch.equal(curve.x, x[::2]) and torch.equal(curve.y, y[::2])
+
+
+def test_low_res_is_a_rounded_fraction_of_the_epochs():
+    assert low_res_epochs(cfg(epochs=20, low_res=0.3)) == 6
+    assert low_res_epochs(cfg(epochs=6, low_res=0.3)) == 2
+    assert low_res_epochs(cfg(epochs=20, low_res=0.0)) == 0
+
+
+def test_the_first_epochs_train_on_downscaled_images_and_tests_stay_full_size():
+    """Progressive resizing: with low_res 0.67 of 3 epochs, epochs 1-2 see 8x8 images, epoch 3 and every
+    test pass the data's own 16x16."""
+    def blobs16(n, seed):
+        d = blobs(n, seed)
+        return Split(d.x.repeat_interleave(2, 2).repeat_interleave(2, 3), d.y)
+    model, seen = small_model(), []
+    model.register_forward_pre_hook(lambda m, args: seen.append((m.training, args[0].shape[-1])))
+    rows = fit(model, blobs16(32, 0), blobs16(16, 1), cfg(epochs=3, batch_size=16, low_res=0.67, low_res_size=8),
+               torch.Generator().manual_seed(0))
+    train_sizes = [size for training, size in seen if training]
+    assert train_sizes == [8, 8, 8, 8, 16, 16]  # 2 steps per epoch
+    assert {size for training, size in seen if not training} == {16}
+    assert len(rows) == 3
