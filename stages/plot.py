@@ -42,11 +42,28 @@ def save_figure(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def low_res_span(log: dict[str, np.ndarray]) -> tuple[int, int, int] | None:
+    """(first epoch, last epoch, pixels) of the epochs that trained on downscaled images (progressive
+    resizing), or None. Why shade them: the per-epoch test passes are always full size, so the curves jump where training switches
+    to full size. Logs written before the train_size column existed have none."""
+    size = log.get("train_size")
+    if size is None or not (size < size.max()).any():
+        return None
+    low = log["epoch"][size < size.max()]
+    return int(low.min()), int(low.max()), int(size.min())
+
+
 def curves_figure(logs: dict[str, dict[str, np.ndarray]]):
     """2x2 panels (train/test loss, train/test accuracy), all norms overlaid, final values in the legend (not at
     the line ends, where the three nearly equal values overprinted each other)."""
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), constrained_layout=True)
+    low_res = low_res_span(next(iter(logs.values())))  # one recipe: every norm has the same schedule
     for ax, (col, title, ylabel, scale) in zip(axes.flat, PANELS):
+        if low_res is not None:
+            first, last, px = low_res
+            ax.axvspan(first - 0.5, last + 0.5, color="0.9", zorder=0)
+            ax.text((first + last) / 2, 0.02, f"trained on\n{px} px images", transform=ax.get_xaxis_transform(),
+                    ha="center", va="bottom", fontsize=8, color="0.35")
         for norm, log in logs.items():
             y = log[col] * scale
             final = f"{y[-1]:.2f}" + (" %" if scale != 1.0 else "")

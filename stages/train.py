@@ -27,7 +27,7 @@ from stages.params import Params, load_params
 from stages.trainer import PERCENTILES, Split, fit, keep_freed_memory, loss_and_accuracy, pick_device, predict
 
 
-LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
+LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "train_size"]
 FEATURE_COLUMNS = ["epoch"] + [f"p{p}" for p in PERCENTILES]
 FEATURE_PROBE = 256  # first test images, a fixed batch on which the feature percentiles are recorded
 # The per-epoch test curve (plain model) is measured on every CURVE_STRIDE-th test image: 5,000 of CIFAR-10's
@@ -42,8 +42,9 @@ def curve_split(test: Split) -> Split:
 
 
 def fingerprint(params: Params, norm: str, ds: Dataset) -> str:
-    """Identifies a training run: what it reads (seed, model, train) plus the norm and the data."""
-    relevant = {"norm": norm, "seed": params.seed, "model": dataclasses.asdict(params.model),
+    """Identifies a training run: what it reads (seed, model, train) plus the norm and the data, and the log's
+    columns (a checkpoint holds the rows logged so far, so one from a version with other columns cannot resume)."""
+    relevant = {"norm": norm, "seed": params.seed, "model": dataclasses.asdict(params.model), "log": LOG_COLUMNS,
                 "train": dataclasses.asdict(params.train), "data": ds.meta.get("fingerprint_sha256") or
                 ds.meta.get("md5")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()

@@ -82,6 +82,12 @@ def low_res_epochs(cfg: TrainParams) -> int:
     return round(cfg.low_res * cfg.epochs)
 
 
+def train_image_size(cfg: TrainParams, epoch: int, full: int) -> int:
+    """Longer side in pixels of the images that epoch `epoch` (1-based) trains on, for data whose longer side
+    is `full`: cfg.low_res_size during the first low_res_epochs (progressive resizing, never upscaled), else full."""
+    return min(cfg.low_res_size, full) if epoch <= low_res_epochs(cfg) else full
+
+
 def epoch_batches(n: int, batch_size: int) -> tuple[int, int]:
     """(images per step, steps per epoch) for n training images. The last partial batch is dropped:
     BN needs more than one sample per batch."""
@@ -148,7 +154,7 @@ def train_epoch(model: nn.Module, data: Split, cfg: TrainParams, opt, sched, gen
                 epoch: int, desc: str = "train") -> tuple[float, float]:
     """One pass over the augmented, shuffled training set. Returns (mean train loss, train accuracy)."""
     model.train()
-    low_res = epoch <= low_res_epochs(cfg)  # progressive resizing: these epochs see cfg.low_res_size images
+    size = train_image_size(cfg, epoch, max(data.x.shape[-2:]))
     x = cutout(random_crop_flip(data.x, cfg.crop_pad, gen), cfg.cutout, gen)
     order = torch.randperm(len(x), generator=gen, device=x.device)
     bs, steps = epoch_batches(len(x), cfg.batch_size)
@@ -156,7 +162,7 @@ def train_epoch(model: nn.Module, data: Split, cfg: TrainParams, opt, sched, gen
     correct = torch.zeros((), device=x.device)
     for step in tqdm(range(steps), desc=f"{desc} epoch {epoch}/{cfg.epochs}", leave=False, disable=None):
         idx = order[step * bs:(step + 1) * bs]
-        xb = downscale(x[idx].float(), cfg.low_res_size) if low_res else x[idx].float()
+        xb = downscale(x[idx].float(), size)  # unchanged at full size
         yb = data.y[idx]
         with autocast(x.device, cfg.bf16):
             logits = model(xb)
@@ -182,10 +188,10 @@ def fit(model: nn.Module, train: Split, test: Split | None, cfg: TrainParams, ge
         on_epoch: EpochHook | None = None, start_epoch: int = 0, opt_state: dict | None = None,
         desc: str = "train", probe: torch.Tensor | None = None) -> list[dict]:
     """Train for epochs start_epoch+1 .. cfg.epochs; returns one row per epoch trained here
-    (epoch, train loss and accuracy, lr at the epoch's start, seconds of training; with `test`, the test
-    loss and accuracy of the plain model (no test-time augmentation: one pass, and the learning curve of
-    the model itself); with `probe`, a fixed batch of uint8 images, the percentiles p1/p20/p80/p99 of the
-    last block's features on it).
+    (epoch, train loss and accuracy, lr at the epoch's start, seconds of training, train_size: the training
+    images' longer side in pixels; with `test`, the test loss and accuracy of the plain model (no test-time
+    augmentation: one pass, and the learning curve of the model itself); with `probe`, a fixed batch of uint8
+    images, the percentiles p1/p20/p80/p99 of the last block's features on it).
 
     `on_epoch(epoch, row, opt_state)` runs after each finished epoch (logs, resume checkpoints);
     `opt_state` ({"opt", "sched"} state dicts) passed back in lets an interrupted run continue exactly.
@@ -200,7 +206,8 @@ def fit(model: nn.Module, train: Split, test: Split | None, cfg: TrainParams, ge
         lr = opt.param_groups[0]["lr"]
         train_loss, train_acc = train_epoch(model, train, cfg, opt, sched, gen, epoch, desc)
         seconds = time.perf_counter() - t0
-        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "lr": lr, "seconds": seconds}
+        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "lr": lr, "seconds": seconds,
+               "train_size": train_image_size(cfg, epoch, max(train.x.shape[-2:]))}
         if test is not None:
             row["test_loss"], row["test_acc"] = evaluate_split(model, test, cfg, "none")
             if not math.isfinite(row["test_loss"]):

@@ -66,7 +66,7 @@ def test_repro_writes_every_declared_output(repo):
     train = json.loads((repo / "metrics/train_gn.json").read_text())
     assert train["epochs"] == 2 and train["params"] < 50_000
     assert (repo / "plots/train/ln.csv").read_text().splitlines()[0] == \
-        "epoch,train_loss,train_acc,test_loss,test_acc,lr,seconds"
+        "epoch,train_loss,train_acc,test_loss,test_acc,lr,seconds,train_size"
     assert (repo / "plots/features/bn.csv").read_text().splitlines()[0] == "epoch,p1,p20,p80,p99"
 
 

@@ -12,7 +12,7 @@ from stages.model import build_model
 from stages.params import load_params
 from stages.train import curve_split
 from stages.trainer import NonFiniteLoss, Split, epoch_batches, fit, keep_freed_memory, l1_penalty, make_optimizer, \
-    low_res_epochs, one_cycle, param_groups, predict, train_epoch
+    low_res_epochs, one_cycle, param_groups, predict, train_epoch, train_image_size
 from tests.conftest import ROOT
 
 BASE = load_params(ROOT / "params.yaml").train
@@ -84,7 +84,8 @@ def test_fit_learns_an_easy_task(norm):
     rows = fit(small_model(norm), data, blobs(64, seed=1), cfg(epochs=4, lr=0.1), torch.Generator().manual_seed(0))
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert rows[-1]["test_acc"] >= 0.95
-    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"}
+    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds",
+                            "train_size"}
 
 
 def test_fit_is_deterministic_on_cpu():
@@ -117,7 +118,7 @@ def test_predict_with_flip_shift_adds_the_four_shifted_views_at_one_third():
 
 def test_fit_without_test_split_skips_the_per_epoch_test_pass():
     rows = fit(small_model(), blobs(32), None, cfg(epochs=2), torch.Generator().manual_seed(0))
-    assert [set(r) for r in rows] == [{"epoch", "train_loss", "train_acc", "lr", "seconds"}] * 2
+    assert [set(r) for r in rows] == [{"epoch", "train_loss", "train_acc", "lr", "seconds", "train_size"}] * 2
 
 
 def test_batch_larger_than_the_data_still_trains():
@@ -179,6 +180,13 @@ def test_curve_split_takes_every_second_test_image_from_every_class():
     assert torch.equal(curve.x, x[::2]) and torch.equal(curve.y, y[::2])
 
 
+def test_train_image_size_is_low_res_size_in_the_first_epochs_and_never_upscales():
+    c = cfg(epochs=20, low_res=0.3, low_res_size=24)
+    assert [train_image_size(c, e, 32) for e in (1, 6, 7, 20)] == [24, 24, 32, 32]
+    assert train_image_size(c, 1, 8) == 8  # digits: already smaller than low_res_size
+    assert train_image_size(cfg(epochs=20, low_res=0.0, low_res_size=24), 1, 32) == 32
+
+
 def test_low_res_is_a_rounded_fraction_of_the_epochs():
     assert low_res_epochs(cfg(epochs=20, low_res=0.3)) == 6
     assert low_res_epochs(cfg(epochs=6, low_res=0.3)) == 2
@@ -198,4 +206,4 @@ def test_the_first_epochs_train_on_downscaled_images_and_tests_stay_full_size():
     train_sizes = [size for training, size in seen if training]
     assert train_sizes == [8, 8, 8, 8, 16, 16]  # 2 steps per epoch
     assert {size for training, size in seen if not training} == {16}
-    assert len(rows) == 3
+    assert [r["train_size"] for r in rows] == [8, 8, 16]
