@@ -7,10 +7,14 @@ import signal
 import subprocess
 import sys
 
+from types import SimpleNamespace
+
 import pytest
 import yaml
 
-from tests.conftest import digits_project, module_env, run_module
+from stages import train as train_stage
+from stages.params import load_params
+from tests.conftest import ROOT, digits_project, module_env, run_module
 
 TIMING = {"seconds", "wall_seconds", "seconds_per_epoch"}  # wall-clock values: the only fields that may differ
 
@@ -87,3 +91,11 @@ def test_same_seed_gives_identical_outputs(tmp_path, reference):
     assert run_module(repo, "stages.train", "bn").returncode == 0
     assert results(repo) == reference[0]
     assert (repo / "models/bn.pt").read_bytes() == reference[1]
+
+
+def test_a_checkpoint_from_a_log_with_other_columns_is_not_resumed(monkeypatch):
+    """A checkpoint carries the rows logged so far; rows without a column the log now writes cannot resume."""
+    params, ds = load_params(ROOT / "params.yaml"), SimpleNamespace(meta={"md5": "0" * 32})
+    now = train_stage.fingerprint(params, "bn", ds)
+    monkeypatch.setattr(train_stage, "LOG_COLUMNS", [c for c in train_stage.LOG_COLUMNS if c != "train_size"])
+    assert train_stage.fingerprint(params, "bn", ds) != now
