@@ -18,6 +18,7 @@ class CheckpointError(RuntimeError):
 def model_config(params: Params, norm: str, ds: Dataset) -> dict:
     """Everything needed to rebuild the architecture; stored with the weights and checked on load."""
     return {"norm": norm, "widths": list(params.model.widths), "depth": list(params.model.depth),
+            "block_convs": params.model.block_convs,
             "stem_pool": params.model.stem_pool, "head_width": params.model.head_width,
             "weight_std": params.model.weight_std, "gn_groups": params.model.gn_groups,
             "in_channels": int(ds.x_train.shape[1]), "classes": len(ds.classes)}

@@ -106,7 +106,10 @@ class Net(nn.Module):
     """Input (N, C, H, W) uint8-range floats -> logits (N, classes).
 
     A stem conv + norm + GELU, then per width in `widths[1:]` one residual stage (conv + 2x2 max-pool + norm
-    + GELU, with a pooled, zero-padded shortcut) followed by depth[i] residual conv-norm-GELU blocks.
+    + GELU, with a pooled, zero-padded shortcut) followed by depth[i] more conv-norm-GELU layers, grouped into
+    residual blocks (x + f(x)) of `block_convs` layers each (the last block of a stage takes what is left).
+    Why 2: two 8x8 layers as one block (ResNet's BasicBlock shape) instead of two one-layer blocks gained
+    0.0 to +0.24 points on every norm and seed tried, at the same parameters and time.
     With head_width > 0, a 1x1 conv-norm-GELU widens the last features to head_width channels; then global
     max-pool and a linear classifier. Why: with widths[-1] = 32 the classifier saw only 32 features; a 1x1 conv
     to 64 costs 2.5k parameters and gave +0.5 points (mean of 2 seeds) in 10-epoch BN probes.
@@ -118,10 +121,12 @@ class Net(nn.Module):
 
     def __init__(self, norm: str, widths: tuple[int, ...], depth: tuple[int, ...], in_channels: int,
                  classes: int, gn_groups: int, mean: torch.Tensor, std: torch.Tensor, stem_pool: bool,
-                 head_width: int = 0, weight_std: bool = False):
+                 head_width: int = 0, weight_std: bool = False, block_convs: int = 1):
         super().__init__()
         if len(depth) != len(widths) - 1:
             raise ValueError(f"depth {list(depth)} needs one entry per stage after the stem ({len(widths) - 1})")
+        if block_convs < 1:
+            raise ValueError(f"block_convs={block_convs} must be >= 1 (conv layers per residual block)")
         # Per-channel input statistics (shape (C,)) are buffers so a checkpoint is self-contained.
         self.register_buffer("mean", mean.reshape(1, -1, 1, 1).float())
         self.register_buffer("std", std.reshape(1, -1, 1, 1).float())
@@ -129,8 +134,8 @@ class Net(nn.Module):
         layers: list[nn.Module] = [ConvNormAct(in_channels, widths[0], norm, gn_groups, pool=stem_pool, ws=ws)]
         for i, (c_in, c_out, blocks) in enumerate(zip(widths[:-1], widths[1:], depth)):
             layers.append(DownStage(c_in, c_out, norm, gn_groups, pool=not (stem_pool and i == 0), ws=ws))
-            layers += [Residual(ConvNormAct(c_out, c_out, norm, gn_groups, pool=False, ws=ws))
-                       for _ in range(blocks)]
+            convs = [ConvNormAct(c_out, c_out, norm, gn_groups, pool=False, ws=ws) for _ in range(blocks)]
+            layers += [Residual(nn.Sequential(*convs[j:j + block_convs])) for j in range(0, blocks, block_convs)]
         if head_width:
             layers.append(ConvNormAct(widths[-1], head_width, norm, gn_groups, pool=False, kernel=1, ws=ws))
         self.features = nn.Sequential(*layers)
@@ -150,12 +155,12 @@ def count_params(model: nn.Module) -> int:
 
 def build_model(norm: str, widths: tuple[int, ...], depth: tuple[int, ...], gn_groups: int, in_channels: int = 3,
                 classes: int = 10, mean: torch.Tensor | None = None, std: torch.Tensor | None = None,
-                stem_pool: bool = False, head_width: int = 0, weight_std: bool = False) -> Net:
+                stem_pool: bool = False, head_width: int = 0, weight_std: bool = False, block_convs: int = 1) -> Net:
     """Build the net and enforce the parameter budget (raises ValueError naming the widths)."""
     mean = torch.zeros(in_channels) if mean is None else mean
     std = torch.ones(in_channels) if std is None else std
     model = Net(norm, tuple(widths), tuple(depth), in_channels, classes, gn_groups, mean, std, stem_pool,
-                head_width, weight_std)
+                head_width, weight_std, block_convs)
     n = count_params(model)
     if n >= MAX_PARAMS:
         raise ValueError(f"model.widths={list(widths)} with model.depth={list(depth)} gives {n:,} parameters "

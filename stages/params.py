@@ -35,7 +35,8 @@ class DataParams:
 @dataclass(frozen=True)
 class ModelParams:
     widths: tuple[int, ...]  # stem width, then one width per stage (each halves the resolution)
-    depth: tuple[int, ...]  # extra residual blocks after each stage
+    depth: tuple[int, ...]  # extra conv-norm-GELU layers after each stage, in residual blocks
+    block_convs: int  # conv layers per residual block (1: each layer its own block; 2: ResNet BasicBlock shape)
     stem_pool: bool  # the first halving happens in the stem (its norm and GELU run at half resolution)
     head_width: int  # channels of a 1x1 conv-norm-GELU before global pooling (0: none)
     weight_std: bool  # Weight Standardization of every conv (all norms alike)
@@ -47,6 +48,8 @@ class ModelParams:
         _require(len(self.depth) == len(self.widths) - 1 and all(d >= 0 for d in self.depth), "model.depth",
                  f"must list one count >= 0 per stage after the stem ({len(self.widths) - 1} for "
                  f"model.widths={list(self.widths)}), got {list(self.depth)}")
+        _require(self.block_convs >= 1, "model.block_convs",
+                 f"must be >= 1 (conv layers per residual block), got {self.block_convs}")
         _require(self.head_width >= 0, "model.head_width", f"must be >= 0 (0: no head conv), got {self.head_width}")
         widths = list(self.widths) + ([self.head_width] if self.head_width else [])
         _require(self.gn_groups >= 1 and all(w % self.gn_groups == 0 for w in widths), "model.gn_groups",

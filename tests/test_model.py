@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.model import (MAX_PARAMS, NORMS, DownStage, GroupNormFP32, WSConv2d, build_model, count_params,
-                          make_norm)
+from stages.model import (MAX_PARAMS, NORMS, DownStage, GroupNormFP32, Residual, WSConv2d, build_model,
+                          count_params, make_norm)
 from stages.params import load_params
 from tests.conftest import ROOT
 
@@ -111,7 +111,7 @@ def test_head_width_adds_a_1x1_conv_norm_gelu_before_pooling(head_width):
         assert [type(m) for m in last] == [nn.Conv2d, GroupNormFP32, nn.GELU] and last[0].kernel_size == (1, 1)
         assert count_params(last) == 16 * 24 + 2 * 24
     else:
-        assert last.inner[0].kernel_size == (3, 3)  # the last residual block: no head conv
+        assert last.inner[0][0].kernel_size == (3, 3)  # the last residual block: no head conv
 
 
 def test_weight_std_standardizes_every_conv_filter_and_keeps_the_parameters():
@@ -146,3 +146,19 @@ def test_fp32_group_norm_matches_pytorch_and_keeps_the_dtype():
     x = torch.randn(2, 16, 5, 5)
     assert torch.allclose(ours(x), ref(x), atol=1e-6)
     assert ours(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_block_convs_groups_each_stages_layers_into_residual_blocks():
+    """depth (3, 1) with 2 layers per block: stage 1 gets a 2-layer and a 1-layer block, stage 2 one 1-layer
+    block; the same layers and parameters as one-layer blocks, only the skips differ."""
+    def blocks(block_convs):
+        model = build_model("bn", (8, 16, 16), (3, 1), 4, block_convs=block_convs)
+        return model, [len(m.inner) for m in model.features if isinstance(m, Residual)]
+    (paired, sizes), (single, ones) = blocks(2), blocks(1)
+    assert sizes == [2, 1, 1] and ones == [1, 1, 1, 1]
+    assert [p.shape for p in paired.parameters()] == [p.shape for p in single.parameters()]
+
+
+def test_block_convs_below_one_is_refused():
+    with pytest.raises(ValueError, match="block_convs"):
+        build_model("bn", (8, 16, 16), (1, 1), 4, block_convs=0)

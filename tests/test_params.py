@@ -40,6 +40,8 @@ def test_committed_params_are_valid():
     ("model.depth", [0, -1, 0], "model.depth"),
     ("model.depth", [0, 0], "model.depth"),
     ("model.depth", 1, "model.depth"),
+    ("model.block_convs", 0, "model.block_convs"),
+    ("model.block_convs", 1.5, "model.block_convs"),
     ("model.stem_pool", 1, "model.stem_pool"),
     ("model.stem_pool", "yes", "model.stem_pool"),
     ("model.stem_pool", [True], "model.stem_pool"),
