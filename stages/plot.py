@@ -44,8 +44,8 @@ def save_figure(fig, path: Path) -> None:
 
 def low_res_span(log: dict[str, np.ndarray]) -> tuple[int, int, int] | None:
     """(first epoch, last epoch, pixels) of the epochs that trained on downscaled images (progressive
-    resizing), or None. Why shade them: the per-epoch test passes are always full size, so the curves jump where training switches
-    to full size. Logs written before the train_size column existed have none."""
+    resizing), or None. Why shade them: the per-epoch test passes are always full size, so the curves jump
+    where training switches to full size. Logs written before the train_size column existed have none."""
     size = log.get("train_size")
     if size is None or not (size < size.max()).any():
         return None
