@@ -47,10 +47,10 @@ def low_res_span(log: dict[str, np.ndarray]) -> tuple[int, int, int] | None:
     resizing), or None. Why shade them: the per-epoch test passes are always full size, so the curves jump
     where training switches to full size. Logs written before the train_size column existed have none."""
     size = log.get("train_size")
-    if size is None or not (size < size.max()).any():
+    if size is None:
         return None
     low = log["epoch"][size < size.max()]
-    return int(low.min()), int(low.max()), int(size.min())
+    return (int(low.min()), int(low.max()), int(size.min())) if len(low) else None
 
 
 def curves_figure(logs: dict[str, dict[str, np.ndarray]]):
