@@ -90,11 +90,11 @@ def time_ours(params, config, x, y, mean, std) -> float:
     # full-size images (no progressive resizing): the same work per image as the baseline's
     cfg = dataclasses.replace(params.train, epochs=1, low_res=0.0)
     data = Split(torch.from_numpy(x), torch.from_numpy(y))
-    opt, sched = make_optimizer(model, cfg, 10_000)
+    opt = make_optimizer(model, cfg, 10_000)
     gen = torch.Generator().manual_seed(0)
-    train_epoch(model, Split(data.x[:1024], data.y[:1024]), cfg, opt, sched, gen, 1)  # warm-up
+    train_epoch(model, Split(data.x[:1024], data.y[:1024]), cfg, opt, gen, 1)  # warm-up
     t0 = time.perf_counter()
-    train_epoch(model, data, cfg, opt, sched, gen, 1)
+    train_epoch(model, data, cfg, opt, gen, 1)
     bs, steps = epoch_batches(len(x), cfg.batch_size)
     return bs * steps / (time.perf_counter() - t0)
 

@@ -24,7 +24,8 @@ from stages.checkpoint import CheckpointError, load, model_config, new_model, sa
 from stages.io import write_csv, write_json
 from stages.model import NORMS, Net, count_params
 from stages.params import Params, load_params
-from stages.trainer import PERCENTILES, Split, fit, keep_freed_memory, loss_and_accuracy, pick_device, predict
+from stages.trainer import PERCENTILES, OneCycleSGD, Split, fit, keep_freed_memory, loss_and_accuracy, pick_device, \
+    predict
 
 
 LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "train_size"]
@@ -42,9 +43,11 @@ def curve_split(test: Split) -> Split:
 
 
 def fingerprint(params: Params, norm: str, ds: Dataset) -> str:
-    """Identifies a training run: what it reads (seed, model, train) plus the norm and the data, and the log's
-    columns (a checkpoint holds the rows logged so far, so one from a version with other columns cannot resume)."""
+    """Identifies a training run: what it reads (seed, model, train) plus the norm and the data, the log's
+    columns (a checkpoint holds the rows logged so far, so one from a version with other columns cannot resume)
+    and the optimizer whose state it holds."""
     relevant = {"norm": norm, "seed": params.seed, "model": dataclasses.asdict(params.model), "log": LOG_COLUMNS,
+                "optimizer": OneCycleSGD.__name__,  # the optimizer state's format (torch.optim's before)
                 "train": dataclasses.asdict(params.train), "data": ds.meta.get("fingerprint_sha256") or
                 ds.meta.get("md5")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()

@@ -11,8 +11,9 @@ from stages.augment import translate
 from stages.model import build_model
 from stages.params import load_params
 from stages.train import curve_split
-from stages.trainer import NonFiniteLoss, Split, epoch_batches, fit, keep_freed_memory, l1_penalty, make_optimizer, \
-    low_res_epochs, one_cycle, param_groups, predict, train_epoch, train_image_size
+from stages.trainer import CudaGraphStep, NonFiniteLoss, Split, epoch_batches, fit, keep_freed_memory, l1_penalty, \
+    make_optimizer, low_res_epochs, one_cycle, param_groups, predict, step_function, train_epoch, train_image_size, \
+    train_step
 from tests.conftest import ROOT
 
 BASE = load_params(ROOT / "params.yaml").train
@@ -57,15 +58,77 @@ def test_l1_penalty_reaches_the_gradient():
     for l1 in (0.0, 0.01):
         model = small_model()
         c = cfg(l1=l1, lr=1e-9, momentum=0.0, weight_decay=0.0, crop_pad=0, epochs=1)
-        opt, sched = make_optimizer(model, c, 1)
+        opt = make_optimizer(model, c, 1)
         # the hook sees the weight's whole gradient (loss + penalty) as backward computes it
         model.head.weight.register_hook(lambda g, l1=l1: grads.__setitem__(l1, g.clone()))
-        train_epoch(model, data, c, opt, sched, torch.Generator().manual_seed(0), 1)
+        train_epoch(model, data, c, opt, torch.Generator().manual_seed(0), 1)
     # d/dw of l1 * sum|w| is l1 * sign(w): the only difference between the two runs' gradients
     model = small_model()
     expected = 0.01 * torch.sign(model.head.weight.detach())
     assert torch.allclose(grads[0.01] - grads[0.0], expected, atol=1e-6)
     assert l1_penalty(model) > 0
+
+
+@pytest.mark.parametrize("momentum,weight_decay", [(0.9, 1e-3), (0.0, 1e-3), (0.9, 0.0)])
+def test_one_cycle_sgd_is_torchs_sgd_and_schedule_bit_for_bit(momentum, weight_decay):
+    # the committed results were trained with torch.optim.SGD + LambdaLR; the rewrite must not change one bit
+    c = cfg(momentum=momentum, weight_decay=weight_decay, lr=0.5, warmup=0.3, bf16=False)
+    data, steps = blobs(64), 8
+    ours, ref = small_model(), small_model()
+    opt = make_optimizer(ours, c, steps)
+    ref_opt = torch.optim.SGD(param_groups(ref, weight_decay), lr=c.lr, momentum=momentum, nesterov=momentum > 0)
+    sched = torch.optim.lr_scheduler.LambdaLR(ref_opt, lambda s: one_cycle(s, steps, c.warmup))
+    for i in range(steps):
+        xb, yb = data.x[i * 8:(i + 1) * 8].float(), data.y[i * 8:(i + 1) * 8]
+        opt.next_lr()
+        assert opt.lr.item() == pytest.approx(ref_opt.param_groups[0]["lr"], rel=1e-6)
+        train_step(ours, opt, c, xb, yb)
+        loss = torch.nn.functional.cross_entropy(ref(xb), yb, label_smoothing=c.label_smoothing)
+        ref_opt.zero_grad()
+        loss.backward()
+        ref_opt.step()
+        sched.step()
+        assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), ref.state_dict().values()))
+
+
+def test_optimizer_state_round_trips():
+    model, c = small_model(), cfg()
+    opt = make_optimizer(model, c, 10)
+    for _ in range(3):
+        opt.next_lr()
+        train_step(model, opt, c, blobs(8).x.float(), blobs(8).y)
+    again = make_optimizer(model, c, 10)
+    again.load_state_dict(opt.state_dict())
+    assert again.steps_done == 3 and again.lr_at(3) == opt.lr_at(3)
+    assert all(torch.equal(a, b) for a, b in zip(again.bufs, opt.bufs)) and any(b.abs().sum() > 0 for b in opt.bufs)
+
+
+def test_steps_run_directly_off_cuda():
+    model, c = small_model(), cfg()
+    assert not isinstance(step_function(model, make_optimizer(model, c, 1), c), CudaGraphStep)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("norm", ["bn", "gn", "ln"])
+def test_cuda_graph_steps_train_like_direct_steps(norm):
+    # recording (with its warm-up steps) must leave the model as it was, and replays must do what calls do
+    c, dev = cfg(bf16=True), torch.device("cuda")
+    data = blobs(64)
+    x, y = data.x.float().to(dev).contiguous(memory_format=torch.channels_last), data.y.to(dev)
+    models = [small_model(norm).to(dev, memory_format=torch.channels_last) for _ in range(2)]
+    opts = [make_optimizer(m, c, 8) for m in models]
+    graphed = step_function(models[0], opts[0], c)
+    assert isinstance(graphed, CudaGraphStep)
+    for i in range(8):
+        b = slice(i % 4 * 16, i % 4 * 16 + 16)
+        for opt in opts:
+            opt.next_lr()
+        got = graphed(x[b], y[b])
+        want = train_step(models[1], opts[1], c, x[b], y[b])
+        assert torch.allclose(got[0], want[0], rtol=1e-3, atol=1e-4)
+    for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4)
+    assert len(graphed.graphs) == 1  # one recording for the one batch shape
 
 
 def test_non_finite_loss_stops_with_epoch_and_step():
@@ -76,6 +139,12 @@ def test_non_finite_loss_stops_with_epoch_and_step():
         model.head.weight.fill_(float("nan"))
     with pytest.raises(NonFiniteLoss, match=r"epoch 1, step 1/2"):
         fit(model, data, data, cfg(), torch.Generator().manual_seed(0))
+
+
+def test_non_finite_loss_names_the_first_bad_step():
+    # an infinite learning rate: the first step's loss is finite, the update makes every later one NaN
+    with pytest.raises(NonFiniteLoss, match=r"epoch 1, step 2/2"):
+        fit(small_model(), blobs(32), None, cfg(lr=float("inf")), torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("norm", ["bn", "gn", "ln"])
@@ -146,7 +215,7 @@ def test_bn_trained_at_batch_2_tests_with_running_statistics():
     # test image's logits do not depend on which other images share its test batch
     model, data = small_model("bn"), blobs()
     c = cfg(batch_size=2, epochs=1)
-    train_epoch(model, data, c, *make_optimizer(model, c, epoch_batches(len(data.x), 2)[1]),
+    train_epoch(model, data, c, make_optimizer(model, c, epoch_batches(len(data.x), 2)[1]),
                 torch.Generator().manual_seed(0), 1)
     bn = model.features[0][1]
     assert bn.num_batches_tracked.item() == 32  # one running-stat update per batch-2 step
