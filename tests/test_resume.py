@@ -99,3 +99,11 @@ def test_a_checkpoint_from_a_log_with_other_columns_is_not_resumed(monkeypatch):
     now = train_stage.fingerprint(params, "bn", ds)
     monkeypatch.setattr(train_stage, "LOG_COLUMNS", [c for c in train_stage.LOG_COLUMNS if c != "train_size"])
     assert train_stage.fingerprint(params, "bn", ds) != now
+
+
+def test_a_checkpoint_of_another_optimizer_is_not_resumed(monkeypatch):
+    """Checkpoints written before OneCycleSGD hold torch.optim's state dicts, which it cannot load."""
+    params, ds = load_params(ROOT / "params.yaml"), SimpleNamespace(meta={"md5": "0" * 32})
+    now = train_stage.fingerprint(params, "bn", ds)
+    monkeypatch.setattr(train_stage, "OneCycleSGD", type("OtherOptimizer", (), {}))
+    assert train_stage.fingerprint(params, "bn", ds) != now
