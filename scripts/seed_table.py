@@ -4,6 +4,9 @@
     dvc queue status                                        # wait until all are done
     python -m scripts.seed_table --out metrics/seeds.md --png plots/seeds.png   # mean ± std per norm
 
+Besides mean ± std per norm it tabulates the paired differences between norms (same seed, same initial
+weights and batches) with a 95 % confidence interval of their mean.
+
 It reads `dvc exp show --json` (or a saved copy: --json FILE): the committed baseline and every experiment.
 Only runs of the workspace's params.yaml count: runs that differ in any other param than `seed` (or the
 reporting-only `norm`) are left out and named on stderr, so a table never mixes recipes. They are grouped
@@ -24,8 +27,11 @@ from stages.paths import train_metrics
 from stages.plot import COLORS, LABELS, save_figure
 
 import matplotlib.pyplot as plt  # noqa: E402  (after stages.plot, which selects the file-only Agg backend)
+from scipy import stats  # noqa: E402  (installed with scikit-learn)
 
 METRICS = ("test_acc", "test_loss", "train_acc")
+PAIRS = (("bn", "gn"), ("bn", "ln"), ("gn", "ln"))
+CONFIDENCE = 0.95
 
 
 def runs_from_exp_show(exp_show: list[dict]) -> list[dict]:
@@ -93,6 +99,43 @@ def summarize(seeds: dict[int, dict]) -> dict:
     return out
 
 
+def paired_differences(summary: dict, confidence: float = CONFIDENCE) -> dict:
+    """{(a, b): {"values", "mean", "std", "ci"}}: per pair of norms, the test-accuracy difference a - b on each
+    seed, its mean and sample std, and a `confidence` interval of the mean difference (Student's t with n - 1
+    degrees of freedom; None for one seed). Paired, because one seed gives every norm the same initial
+    weights, batches and augmentations (a test checks it): the seed-to-seed variation all norms share cancels,
+    and what is left is what the norm changes."""
+    out = {}
+    for a, b in PAIRS:
+        values = [x - y for x, y in zip(summary[a]["test_acc"]["values"], summary[b]["test_acc"]["values"])]
+        mean, n = statistics.fmean(values), len(values)
+        std = statistics.stdev(values) if n > 1 else 0.0
+        half = stats.t.ppf(0.5 + confidence / 2, n - 1) * std / n ** 0.5 if n > 1 else None
+        out[(a, b)] = {"values": values, "mean": mean, "std": std,
+                       "ci": None if half is None else (mean - half, mean + half)}
+    return out
+
+
+def paired_markdown(summary: dict, confidence: float = CONFIDENCE) -> str:
+    """The paired differences as a markdown table (empty for fewer than two seeds: no interval)."""
+    diffs = paired_differences(summary, confidence)
+    n = len(next(iter(diffs.values()))["values"])
+    if n < 2:
+        return ""
+    pts = lambda v: f"{100 * v:+.2f}"  # noqa: E731  (accuracy fractions as signed percentage points)
+    level = f"{100 * confidence:g} %"
+    lines = [f"Paired differences of test accuracy in points (each seed trains every norm from the same initial "
+             f"weights on the same batches); {level} confidence interval of the mean difference by Student's t "
+             f"with n - 1 = {n - 1} degrees of freedom. An interval that excludes 0 is an ordering that holds "
+             f"beyond the seed-to-seed spread.", "",
+             f"| comparison | mean difference | {level} interval | per seed |", "|---|---|---|---|"]
+    for (a, b), d in diffs.items():
+        lo, hi = d["ci"]
+        lines.append(f"| {a.upper()} - {b.upper()} | {pts(d['mean'])} | {pts(lo)} to {pts(hi)} | "
+                     f"{', '.join(pts(v) for v in d['values'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(summary: dict, seeds: list[int]) -> str:
     pct = lambda s: f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} %"  # noqa: E731
     lines = [f"Over seeds {', '.join(map(str, seeds))} (n = {len(seeds)}; ± is the sample standard deviation).", "",
@@ -102,7 +145,8 @@ def markdown(summary: dict, seeds: list[int]) -> str:
         per_seed = ", ".join(f"{100 * v:.2f}" for v in s["test_acc"]["values"])
         loss = f"{s['test_loss']['mean']:.4f} ± {s['test_loss']['std']:.4f}"
         lines.append(f"| {norm} | {pct(s['test_acc'])} | {loss} | {pct(s['train_acc'])} | {per_seed} |")
-    return "\n".join(lines) + "\n"
+    paired = paired_markdown(summary)
+    return "\n".join(lines) + "\n" + ("\n" + paired if paired else "")
 
 
 def figure(summary: dict, seeds: list[int]):

@@ -92,3 +92,23 @@ def test_summary_redraws_table_and_plot_without_experiments(tmp_path):
     assert r.returncode == 0, r.stderr
     assert again.read_text() == out.read_text()
     assert png.stat().st_size > 10_000
+
+
+def test_paired_differences_have_a_student_t_interval():
+    show = exp_show(rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-02"), rev("e2", 2, (0.81, 0.68, 0.76), "2026-01-03"))
+    diffs = S.paired_differences(S.summarize(seeds(show)))
+    bn_gn = diffs[("bn", "gn")]
+    assert bn_gn["values"] == pytest.approx([0.10, 0.10, 0.13])
+    assert bn_gn["mean"] == pytest.approx(0.11)
+    half = 4.302652729911275 * statistics.stdev([0.10, 0.10, 0.13]) / 3 ** 0.5  # t(0.975, 2 df), from a t table
+    assert bn_gn["ci"] == pytest.approx((0.11 - half, 0.11 + half))
+    assert diffs[("gn", "ln")]["mean"] == pytest.approx(statistics.fmean([-0.05, -0.02, -0.08]))
+    table = S.markdown(S.summarize(seeds(show)), [0, 1, 2])
+    assert "| BN - GN | +11.00 | +6.70 to +15.30 | +10.00, +10.00, +13.00 |" in table
+    assert "n - 1 = 2 degrees of freedom" in table
+
+
+def test_one_seed_has_no_interval_and_no_paired_table():
+    summary = S.summarize(seeds(exp_show()))
+    assert S.paired_differences(summary)[("bn", "ln")]["ci"] is None
+    assert "Paired" not in S.markdown(summary, [0])
