@@ -35,3 +35,20 @@ def test_readme_summary_quotes_the_committed_seed_means():
         acc = summary[norm]["test_acc"]
         quoted = f"{norm.upper()} {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} %"
         assert quoted in " ".join(short.split()), quoted
+
+
+def test_relative_links_in_the_docs_point_to_files_that_exist():
+    import re
+    docs = [ROOT / "README.md", ROOT / "docs" / "recipe.md", ROOT / "benchmarks" / "README.md",
+            ROOT / "benchmarks" / "gpu_h100.md"]
+    for doc in docs:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", doc.read_text()):
+            assert (doc.parent / target).exists(), f"{doc.relative_to(ROOT)} links to missing {target}"
+
+
+def test_readme_anchors_name_its_headings():
+    import re
+    anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+               for h in re.findall(r"^#+ (.+)$", README, flags=re.M)}
+    for anchor in re.findall(r"\]\(#([^)]+)\)", README):
+        assert anchor in anchors, anchor
