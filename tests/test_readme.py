@@ -52,3 +52,12 @@ def test_readme_anchors_name_its_headings():
                for h in re.findall(r"^#+ (.+)$", README, flags=re.M)}
     for anchor in re.findall(r"\]\(#([^)]+)\)", README):
         assert anchor in anchors, anchor
+
+
+def test_every_table_ends_before_the_text_that_follows():
+    """A line right after a markdown table would render as one more row of it."""
+    for doc in (ROOT / "README.md", ROOT / "docs" / "recipe.md", ROOT / "benchmarks" / "README.md"):
+        lines = doc.read_text().splitlines()
+        for number, (before, line) in enumerate(zip(lines, lines[1:]), start=2):
+            assert not (before.startswith("|") and line.strip() and not line.startswith("|")), \
+                f"{doc.relative_to(ROOT)}:{number}: text directly after a table"
