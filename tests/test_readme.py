@@ -1,8 +1,13 @@
 """The README reports the committed results, and its commands are the ones CI runs."""
+import re
+
 from scripts.results_table import table
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
+# The project's prose documents: the README and the pages it links to
+DOCS = (ROOT / "README.md", ROOT / "docs" / "recipe.md", ROOT / "benchmarks" / "README.md",
+        ROOT / "benchmarks" / "gpu_h100.md")
 
 
 def test_readme_results_table_is_the_committed_metrics():
@@ -38,16 +43,12 @@ def test_readme_summary_quotes_the_committed_seed_means():
 
 
 def test_relative_links_in_the_docs_point_to_files_that_exist():
-    import re
-    docs = [ROOT / "README.md", ROOT / "docs" / "recipe.md", ROOT / "benchmarks" / "README.md",
-            ROOT / "benchmarks" / "gpu_h100.md"]
-    for doc in docs:
+    for doc in DOCS:
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", doc.read_text()):
             assert (doc.parent / target).exists(), f"{doc.relative_to(ROOT)} links to missing {target}"
 
 
 def test_readme_anchors_name_its_headings():
-    import re
     anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
                for h in re.findall(r"^#+ (.+)$", README, flags=re.M)}
     for anchor in re.findall(r"\]\(#([^)]+)\)", README):
@@ -56,7 +57,7 @@ def test_readme_anchors_name_its_headings():
 
 def test_every_table_ends_before_the_text_that_follows():
     """A line right after a markdown table would render as one more row of it."""
-    for doc in (ROOT / "README.md", ROOT / "docs" / "recipe.md", ROOT / "benchmarks" / "README.md"):
+    for doc in DOCS:
         lines = doc.read_text().splitlines()
         for number, (before, line) in enumerate(zip(lines, lines[1:]), start=2):
             assert not (before.startswith("|") and line.strip() and not line.startswith("|")), \

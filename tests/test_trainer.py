@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from stages.augment import translate
-from stages.model import build_model
-from stages.params import load_params
 from stages.data import Dataset
-from stages.model import NORMS
+from stages.model import NORMS, build_model
+from stages.params import load_params
 from stages.train import curve_split, seeded_model
 from stages.trainer import CudaGraphStep, NonFiniteLoss, Split, epoch_batches, fit, keep_freed_memory, l1_penalty, \
     make_optimizer, low_res_epochs, one_cycle, param_groups, predict, step_function, train_epoch, train_image_size, \
@@ -41,19 +40,20 @@ def small_model(norm="bn"):
 def test_a_seed_starts_every_norm_from_the_same_weights_and_batches():
     """What makes the seed table's differences between norms paired: for one seed, every norm's conv and
     linear weights start equal and its generator (shuffling, augmentation) starts in the same state."""
-    x = blobs(16).x.repeat(1, 1, 4, 4)  # (16, 3, 32, 32) uint8
-    ds = Dataset(x.numpy(), blobs(16).y.numpy(), x.numpy(), blobs(16).y.numpy(), [str(i) for i in range(10)], {})
+    data = blobs(16)
+    x, y = data.x.repeat(1, 1, 4, 4).numpy(), data.y.numpy()  # (16, 3, 32, 32) uint8
+    ds = Dataset(x, y, x, y, [str(i) for i in range(10)], {})
     params = load_params(ROOT / "params.yaml")
     starts = []
     for norm in NORMS:
-        model, _, gen = seeded_model(params, norm, ds, x, seed=3)
+        model, _, gen = seeded_model(params, norm, ds, torch.from_numpy(x), seed=3)
         weights = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
         starts.append((weights, torch.randperm(1000, generator=gen)))
     for weights, order in starts[1:]:
         assert len(weights) == len(starts[0][0]) == 10  # 9 convs and the classifier
         assert all(torch.equal(w, w0) for w, w0 in zip(weights, starts[0][0]))
         assert torch.equal(order, starts[0][1])
-    other_seed = seeded_model(params, "bn", ds, x, seed=4)[0]
+    other_seed = seeded_model(params, "bn", ds, torch.from_numpy(x), seed=4)[0]
     assert not torch.equal(next(other_seed.parameters()), starts[0][0][0])
 
 
