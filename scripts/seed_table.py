@@ -87,16 +87,16 @@ def by_seed(runs: list[dict]) -> dict[int, dict]:
     return dict(sorted(chosen.items()))
 
 
+def spread(values: list[float]) -> dict:
+    """{"mean", "std", "values"}; std is the sample std (n-1), 0 for one value."""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "values": values}
+
+
 def summarize(seeds: dict[int, dict]) -> dict:
-    """{norm: {metric: {"mean", "std", "values"}}}; std is the sample std (n-1), 0 for one seed."""
-    out = {}
-    for norm in NORMS:
-        out[norm] = {}
-        for m in METRICS:
-            values = [run["metrics"][str(train_metrics(norm))][m] for run in seeds.values()]
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            out[norm][m] = {"mean": statistics.fmean(values), "std": std, "values": values}
-    return out
+    """{norm: {metric: spread over the seeds}}."""
+    return {norm: {m: spread([run["metrics"][str(train_metrics(norm))][m] for run in seeds.values()])
+                   for m in METRICS} for norm in NORMS}
 
 
 def paired_differences(summary: dict, confidence: float = CONFIDENCE) -> dict:
@@ -107,12 +107,10 @@ def paired_differences(summary: dict, confidence: float = CONFIDENCE) -> dict:
     share cancels. (After 20 epochs little is shared: the differences vary about as much as the accuracies.)"""
     out = {}
     for a, b in PAIRS:
-        values = [x - y for x, y in zip(summary[a]["test_acc"]["values"], summary[b]["test_acc"]["values"])]
-        mean, n = statistics.fmean(values), len(values)
-        std = statistics.stdev(values) if n > 1 else 0.0
-        half = stats.t.ppf(0.5 + confidence / 2, n - 1) * std / n ** 0.5 if n > 1 else None
-        out[(a, b)] = {"values": values, "mean": mean, "std": std,
-                       "ci": None if half is None else (mean - half, mean + half)}
+        d = spread([x - y for x, y in zip(summary[a]["test_acc"]["values"], summary[b]["test_acc"]["values"])])
+        n = len(d["values"])
+        half = stats.t.ppf(0.5 + confidence / 2, n - 1) * d["std"] / n ** 0.5 if n > 1 else None
+        out[(a, b)] = {**d, "ci": None if half is None else (d["mean"] - half, d["mean"] + half)}
     return out
 
 
