@@ -2,12 +2,15 @@
 
     dvc exp run --queue -S seed=0,1,2 && dvc queue start    # train every norm for each seed
     dvc queue status                                        # wait until all are done
-    python -m scripts.seed_table --out metrics/seeds.md --png plots/seeds.png   # mean ± std per norm
+    python -m scripts.seed_table --out metrics/seeds.md --png plots/seeds.png --first 3   # mean ± std per norm
 
 Besides mean ± std per norm it tabulates the paired differences between norms (same seed, same initial
-weights and batches) with a 95 % confidence interval of their mean.
+weights and batches) with a 95 % confidence interval of their mean. --first N adds one line with the means
+over the first N seeds alone (the headline targets are means of 3 seeds; more seeds narrow the intervals).
 
-It reads `dvc exp show --json` (or a saved copy: --json FILE): the committed baseline and every experiment.
+It reads `dvc exp show --all-commits --json` (or a saved copy: --json FILE): every commit and every
+experiment, so seeds run on an earlier commit of the same recipe still count (a commit that changes only
+docs moves HEAD away from them).
 Only runs of the workspace's params.yaml count: runs that differ in any other param than `seed` (or the
 reporting-only `norm`) are left out and named on stderr, so a table never mixes recipes. They are grouped
 by `seed` (one run per seed; the newest wins).
@@ -32,6 +35,7 @@ from scipy import stats  # noqa: E402  (installed with scikit-learn)
 METRICS = ("test_acc", "test_loss", "train_acc")
 PAIRS = (("bn", "gn"), ("bn", "ln"), ("gn", "ln"))
 CONFIDENCE = 0.95
+NAMED = 8  # runs of other recipes named on stderr
 
 
 def runs_from_exp_show(exp_show: list[dict]) -> list[dict]:
@@ -46,8 +50,8 @@ def runs_from_exp_show(exp_show: list[dict]) -> list[dict]:
                 continue  # a failed experiment still lists its baseline's metrics: not a result
             data = rev.get("data") or {}
             metrics = {k: v.get("data", {}) for k, v in (data.get("metrics") or {}).items()}
-            if not all(str(train_metrics(n)) in metrics for n in NORMS):
-                continue  # failed or unfinished run
+            if not all(set(METRICS) <= set(metrics.get(str(train_metrics(n)), {})) for n in NORMS):
+                continue  # failed, or still running (DVC lists its missing metric files with an error)
             params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
             runs.append({"name": rev.get("name") or rev.get("rev", "")[:7], "rev": rev.get("rev", ""),
                          "params": params, "metrics": metrics, "timestamp": data.get("timestamp") or ""})
@@ -134,7 +138,16 @@ def paired_markdown(summary: dict, confidence: float = CONFIDENCE) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown(summary: dict, seeds: list[int]) -> str:
+def first_line(summary: dict, seeds: list[int], first: int) -> str:
+    """One line: test accuracy mean ± std per norm over the first `first` seeds only ("" unless fewer than all)."""
+    if not 1 < first < len(seeds):
+        return ""
+    means = ", ".join(f"{norm} {100 * s['mean']:.2f} ± {100 * s['std']:.2f} %" for norm, s in
+                      ((n, spread(v["test_acc"]["values"][:first])) for n, v in summary.items()))
+    return f"The first {first} seeds alone ({', '.join(map(str, seeds[:first]))}): test accuracy {means}.\n"
+
+
+def markdown(summary: dict, seeds: list[int], first: int = 0) -> str:
     pct = lambda s: f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} %"  # noqa: E731
     lines = [f"Over seeds {', '.join(map(str, seeds))} (n = {len(seeds)}; ± is the sample standard deviation).", "",
              "| norm | test accuracy | test loss | train accuracy | test accuracy per seed |",
@@ -143,8 +156,8 @@ def markdown(summary: dict, seeds: list[int]) -> str:
         per_seed = ", ".join(f"{100 * v:.2f}" for v in s["test_acc"]["values"])
         loss = f"{s['test_loss']['mean']:.4f} ± {s['test_loss']['std']:.4f}"
         lines.append(f"| {norm} | {pct(s['test_acc'])} | {loss} | {pct(s['train_acc'])} | {per_seed} |")
-    paired = paired_markdown(summary)
-    return "\n".join(lines) + "\n" + ("\n" + paired if paired else "")
+    paired, alone = paired_markdown(summary), first_line(summary, seeds, first)
+    return "\n".join(lines) + "\n" + "".join("\n" + part for part in (alone, paired) if part)
 
 
 def figure(summary: dict, seeds: list[int]):
@@ -171,27 +184,34 @@ def main() -> None:
     ap.add_argument("--summary", help="draw --png from a summary written by --out (its .json) instead of runs")
     ap.add_argument("--out", help="also write the markdown table here (and the numbers next to it as .json)")
     ap.add_argument("--png", help="also draw the per-norm test accuracy over seeds here")
+    ap.add_argument("--first", type=int, default=0, metavar="N",
+                    help="also give the test-accuracy means over the first N seeds alone")
     args = ap.parse_args()
+    if args.first < 0 or args.first == 1:
+        ap.error(f"--first must be 0 (off) or a number of seeds >= 2, got {args.first}")
     if args.summary:
         saved = json.loads(Path(args.summary).read_text())
-        seeds, summary = saved.pop("seeds"), saved
+        seeds, first, summary = saved.pop("seeds"), saved.pop("first", 0), saved
+        args.first = args.first or first
     else:
         text = Path(args.json).read_text() if args.json else subprocess.run(
-            ["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=True).stdout
+            ["dvc", "exp", "show", "--all-commits", "--json"], capture_output=True, text=True, check=True).stdout
         exp_show = json.loads(text)
         kept, other = same_recipe(runs_from_exp_show(exp_show), workspace_params(exp_show))
-        if other:
+        if other:  # with every commit read these are many: name the newest few
+            names = [r["name"] for r in sorted(other, key=lambda r: r["timestamp"], reverse=True)]
+            more = f" and {len(names) - NAMED} more" if len(names) > NAMED else ""
             print(f"left out {len(other)} run(s) of another recipe than params.yaml: "
-                  f"{', '.join(r['name'] for r in other)}", file=sys.stderr)
+                  f"{', '.join(names[:NAMED])}{more}", file=sys.stderr)
         runs = by_seed(kept)
         if not runs:
             raise SystemExit("no finished runs found: run `dvc exp run --queue -S seed=0,1,2` and `dvc queue start`")
         seeds, summary = list(runs), summarize(runs)
-    table = markdown(summary, seeds)
+    table = markdown(summary, seeds, args.first)
     print(table, end="")
     if args.out:
         write_text(Path(args.out), table)
-        write_json(Path(args.out).with_suffix(".json"), {"seeds": seeds, **summary})
+        write_json(Path(args.out).with_suffix(".json"), {"seeds": seeds, "first": args.first, **summary})
     if args.png:
         save_figure(figure(summary, seeds), Path(args.png))
 

@@ -62,3 +62,14 @@ def test_every_table_ends_before_the_text_that_follows():
         for number, (before, line) in enumerate(zip(lines, lines[1:]), start=2):
             assert not (before.startswith("|") and line.strip() and not line.startswith("|")), \
                 f"{doc.relative_to(ROOT)}:{number}: text directly after a table"
+
+
+def test_readme_targets_quote_the_first_three_seeds():
+    """The targets are 3-seed means: the table's accuracy rows quote seeds 0-2 of metrics/seeds.json."""
+    import json
+    import statistics
+    summary = json.loads((ROOT / "metrics" / "seeds.json").read_text())
+    assert summary["seeds"][:3] == [0, 1, 2]
+    for norm, target in (("bn", 85), ("gn", 83), ("ln", 82)):
+        mean = statistics.fmean(summary[norm]["test_acc"]["values"][:3])
+        assert f"| {norm.upper()} >= {target} % (mean of 3 seeds) | {100 * mean:.2f} % (" in README, norm

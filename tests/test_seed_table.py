@@ -112,3 +112,68 @@ def test_one_seed_has_no_interval_and_no_paired_table():
     summary = S.summarize(seeds(exp_show()))
     assert S.paired_differences(summary)[("bn", "ln")]["ci"] is None
     assert "Paired" not in S.markdown(summary, [0])
+
+
+def test_a_running_experiment_is_not_counted():
+    # while it runs, DVC lists an experiment's metric files that do not exist yet with an error and no data
+    running = rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-02")
+    running["data"]["metrics"]["metrics/train_bn.json"] = {"error": {"type": "FileNotFoundError", "msg": "..."}}
+    assert list(seeds(exp_show(running))) == [0]
+
+
+def test_first_seeds_line_averages_only_the_first_n():
+    show = exp_show(rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-02"), rev("e2", 2, (0.90, 0.60, 0.76), "2026-01-03"))
+    summary = S.summarize(seeds(show))
+    line = S.first_line(summary, [0, 1, 2], 2)
+    assert line == ("The first 2 seeds alone (0, 1): test accuracy bn 81.00 ± 1.41 %, gn 71.00 ± 1.41 %, "
+                    "ln 74.50 ± 0.71 %.\n")
+    assert line in S.markdown(summary, [0, 1, 2], first=2)
+    assert S.first_line(summary, [0, 1, 2], 3) == "" and S.first_line(summary, [0, 1, 2], 0) == ""
+    assert "first" not in S.markdown(summary, [0, 1, 2])
+
+
+@pytest.mark.parametrize("bad", ["1", "-2"])
+def test_cli_rejects_a_bad_first(tmp_path, bad):
+    src = tmp_path / "exps.json"
+    src.write_text(json.dumps(exp_show()))
+    r = subprocess.run([sys.executable, "-m", "scripts.seed_table", "--json", str(src), "--first", bad], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--first must be 0 (off) or a number of seeds >= 2" in r.stderr
+
+
+def test_first_line_survives_a_redraw_from_the_summary(tmp_path):
+    src = tmp_path / "exps.json"
+    src.write_text(json.dumps(exp_show(rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-02"),
+                                       rev("e2", 2, (0.90, 0.60, 0.76), "2026-01-03"))))
+    out, again = tmp_path / "seeds.md", tmp_path / "again.md"
+    run = lambda *a: subprocess.run([sys.executable, "-m", "scripts.seed_table", *a], cwd=ROOT,  # noqa: E731
+                                    capture_output=True, text=True)
+    assert run("--json", str(src), "--out", str(out), "--first", "2").returncode == 0
+    assert "The first 2 seeds alone (0, 1)" in out.read_text()
+    assert run("--summary", str(out.with_suffix(".json")), "--out", str(again)).returncode == 0
+    assert again.read_text() == out.read_text()
+
+
+def test_reads_the_experiments_of_every_commit(monkeypatch, capsys):
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps(exp_show()), stderr="")
+
+    monkeypatch.setattr(S.subprocess, "run", fake_run)
+    monkeypatch.setattr(sys, "argv", ["seed_table"])
+    S.main()
+    assert calls == [["dvc", "exp", "show", "--all-commits", "--json"]]
+    assert "Over seeds 0 (n = 1" in capsys.readouterr().out
+
+
+def test_many_runs_of_other_recipes_are_counted_and_the_newest_named(monkeypatch, capsys):
+    other = [rev(f"x{i:02d}", 1, (0.8, 0.7, 0.7), f"2026-01-{i + 2:02d}", train={"lr": 0.1}) for i in range(12)]
+    show = exp_show(*other)
+    monkeypatch.setattr(S.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, json.dumps(show)))
+    monkeypatch.setattr(sys, "argv", ["seed_table"])
+    S.main()
+    err = capsys.readouterr().err
+    assert "left out 12 run(s) of another recipe than params.yaml: x11, x10, x09, x08, x07, x06, x05, x04 " \
+           "and 4 more" in err
