@@ -85,6 +85,13 @@ def same_recipe(runs: list[dict], recipe: dict) -> tuple[list[dict], list[dict]]
     return [r for r, s in zip(runs, same) if s], [r for r, s in zip(runs, same) if not s]
 
 
+def left_out_message(other: list[dict]) -> str:
+    """What same_recipe left out, naming the newest NAMED runs (read from every commit, they are many)."""
+    names = [r["name"] for r in sorted(other, key=lambda r: r["timestamp"], reverse=True)]
+    more = f" and {len(names) - NAMED} more" if len(names) > NAMED else ""
+    return f"left out {len(other)} run(s) of another recipe than params.yaml: {', '.join(names[:NAMED])}{more}"
+
+
 def by_seed(runs: list[dict]) -> dict[int, dict]:
     """One run per seed: the newest."""
     chosen = {run["params"]["seed"]: run for run in sorted(runs, key=lambda r: r["timestamp"])}
@@ -198,11 +205,8 @@ def main() -> None:
             ["dvc", "exp", "show", "--all-commits", "--json"], capture_output=True, text=True, check=True).stdout
         exp_show = json.loads(text)
         kept, other = same_recipe(runs_from_exp_show(exp_show), workspace_params(exp_show))
-        if other:  # with every commit read these are many: name the newest few
-            names = [r["name"] for r in sorted(other, key=lambda r: r["timestamp"], reverse=True)]
-            more = f" and {len(names) - NAMED} more" if len(names) > NAMED else ""
-            print(f"left out {len(other)} run(s) of another recipe than params.yaml: "
-                  f"{', '.join(names[:NAMED])}{more}", file=sys.stderr)
+        if other:
+            print(left_out_message(other), file=sys.stderr)
         runs = by_seed(kept)
         if not runs:
             raise SystemExit("no finished runs found: run `dvc exp run --queue -S seed=0,1,2` and `dvc queue start`")

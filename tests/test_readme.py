@@ -32,7 +32,7 @@ def test_committed_batch_size_table_is_rendered_from_the_committed_runs():
 
 
 def test_readme_summary_quotes_the_committed_seed_means():
-    """The 'In short' paragraph's three-seed means are metrics/seeds.json's, to the printed digit."""
+    """The 'In short' paragraph's seed means are metrics/seeds.json's, to the printed digit."""
     import json
     summary = json.loads((ROOT / "metrics" / "seeds.json").read_text())
     short = README.split("**In short**", 1)[1].split("\n\n", 1)[0]
