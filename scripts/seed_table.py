@@ -145,24 +145,27 @@ def paired_markdown(summary: dict, confidence: float = CONFIDENCE) -> str:
     return "\n".join(lines) + "\n"
 
 
+def percent(s: dict) -> str:
+    """A spread of accuracy fractions as "mean ± std %" in percent."""
+    return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} %"
+
+
 def first_line(summary: dict, seeds: list[int], first: int) -> str:
     """One line: test accuracy mean ± std per norm over the first `first` seeds only ("" unless fewer than all)."""
     if not 1 < first < len(seeds):
         return ""
-    means = ", ".join(f"{norm} {100 * s['mean']:.2f} ± {100 * s['std']:.2f} %" for norm, s in
-                      ((n, spread(v["test_acc"]["values"][:first])) for n, v in summary.items()))
+    means = ", ".join(f"{norm} {percent(spread(s['test_acc']['values'][:first]))}" for norm, s in summary.items())
     return f"The first {first} seeds alone ({', '.join(map(str, seeds[:first]))}): test accuracy {means}.\n"
 
 
 def markdown(summary: dict, seeds: list[int], first: int = 0) -> str:
-    pct = lambda s: f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} %"  # noqa: E731
     lines = [f"Over seeds {', '.join(map(str, seeds))} (n = {len(seeds)}; ± is the sample standard deviation).", "",
              "| norm | test accuracy | test loss | train accuracy | test accuracy per seed |",
              "|---|---|---|---|---|"]
     for norm, s in summary.items():
         per_seed = ", ".join(f"{100 * v:.2f}" for v in s["test_acc"]["values"])
         loss = f"{s['test_loss']['mean']:.4f} ± {s['test_loss']['std']:.4f}"
-        lines.append(f"| {norm} | {pct(s['test_acc'])} | {loss} | {pct(s['train_acc'])} | {per_seed} |")
+        lines.append(f"| {norm} | {percent(s['test_acc'])} | {loss} | {percent(s['train_acc'])} | {per_seed} |")
     paired, alone = paired_markdown(summary), first_line(summary, seeds, first)
     return "\n".join(lines) + "\n" + "".join("\n" + part for part in (alone, paired) if part)
 
