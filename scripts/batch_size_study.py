@@ -5,8 +5,9 @@
 
 Trains every norm at each per-step batch size with the pipeline's recipe (params.yaml) and model, on a fixed
 random subset of the training set, for the same number of epochs at every batch size, with the learning rate
-scaled linearly with the batch size (lr = train.lr * batch / train.batch_size, as in the GN paper). BatchNorm
-uses the batch's statistics while training and its running statistics at test time (eval mode), as usual.
+scaled linearly with the batch size (lr = train.lr * batch / train.batch_size, as in the GN paper; Muon's
+train.muon_lr likewise). BatchNorm uses the batch's statistics while training and its running statistics at
+test time (eval mode), as usual.
 Every model is tested on the whole test set. Writes a CSV and a markdown table of test error per norm and batch
 size, and a plot of test error vs batch size with one line per norm.
 
@@ -60,9 +61,10 @@ def subset(split: Split, n: int, seed: int) -> Split:
 
 
 def scaled_recipe(params: Params, batch_size: int, epochs: int):
-    """The pipeline's train params at another batch size: lr scaled linearly, fixed epoch count."""
-    cfg = params.train
-    return dataclasses.replace(cfg, batch_size=batch_size, epochs=epochs, lr=cfg.lr * batch_size / cfg.batch_size)
+    """The pipeline's train params at another batch size: lr and muon_lr scaled linearly, fixed epoch count."""
+    cfg, scale = params.train, batch_size / params.train.batch_size
+    return dataclasses.replace(cfg, batch_size=batch_size, epochs=epochs, lr=cfg.lr * scale,
+                               muon_lr=cfg.muon_lr * scale)
 
 
 def recipe_id(params: Params, epochs: int, train_images: int) -> str:

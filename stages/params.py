@@ -64,6 +64,7 @@ class TrainParams:
     lr: float
     momentum: float
     weight_decay: float
+    muon_lr: float  # relative step of Muon's update of every conv filter (0: filters take SGD like the rest)
     warmup: float
     low_res: float  # fraction of the epochs, the first ones, trained on images downscaled to low_res_size
     low_res_size: int  # longer side in pixels of those images
@@ -80,6 +81,8 @@ class TrainParams:
         _require(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         _require(0 <= self.momentum < 1, "train.momentum", f"must be in [0, 1), got {self.momentum}")
         _require(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(self.muon_lr >= 0, "train.muon_lr", f"must be >= 0 (0: SGD for the conv filters too), got "
+                 f"{self.muon_lr}")
         _require(0 <= self.warmup < 1, "train.warmup", f"must be in [0, 1), got {self.warmup}")
         _require(0 <= self.low_res < 1, "train.low_res", f"must be in [0, 1), got {self.low_res}")
         _require(self.low_res_size > 0, "train.low_res_size", f"must be > 0, got {self.low_res_size}")

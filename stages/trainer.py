@@ -96,14 +96,52 @@ def epoch_batches(n: int, batch_size: int) -> tuple[int, int]:
     return bs, n // bs
 
 
+def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    """Approximately orthogonalize each matrix of g (K, m, n) with m <= n: the same singular vectors, every
+    singular value moved into about [0.7, 1.2]. Muon's quintic Newton-Schulz iteration (Jordan et al. 2024,
+    coefficients (3.4445, -4.7750, 2.0315), chosen for speed over exact convergence), 5 steps from g scaled to
+    Frobenius norm 1 (so its spectral norm is at most 1)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g / (torch.linalg.vector_norm(g, dim=(1, 2), keepdim=True) + eps)
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x
+
+
+def orthogonalized(grads: list[torch.Tensor], groups: list[list[int]]) -> list[torch.Tensor]:
+    """newton_schulz of each conv filter gradient (out, in, kh, kw) seen as an (out, in * kh * kw) matrix;
+    `groups` lists the positions of same-shaped gradients, which are stacked and orthogonalized together (one
+    batched iteration per shape instead of one per layer). Returns contiguous tensors in grads' order."""
+    out: list[torch.Tensor] = [torch.empty(0)] * len(grads)
+    for group in groups:
+        g = torch.stack([grads[i].reshape(len(grads[i]), -1).float() for i in group])
+        wide = g.shape[1] <= g.shape[2]  # the iteration wants m <= n: orthogonalize the transpose otherwise
+        o = newton_schulz(g if wide else g.mT)
+        o = o if wide else o.mT
+        for k, i in enumerate(group):
+            out[i] = o[k].reshape(grads[i].shape).to(grads[i].dtype)
+    return out
+
+
 class OneCycleSGD:
     """SGD with Nesterov momentum (plain SGD at momentum 0), weight decay on the first param group only, and the
     one-cycle learning rate: torch.optim.SGD's update with torch.optim.lr_scheduler.LambdaLR's schedule, written
     out with the rate held in a tensor on the parameters' device (bit-identical to them on CPU: tested).
 
-    Why not torch's: a CUDA graph (CudaGraphStep) replays a recorded training step, update included, so the rate
-    must be read from device memory, which `next_lr()` refills before every step; torch.optim.SGD bakes a
-    Python float into the recording. Usage per step: `opt.next_lr()`, then `opt.step(grads)` (no autograd).
+    With cfg.muon_lr > 0 every conv filter (4-dim weight) takes Muon's step instead (Jordan et al. 2024, as in
+    airbench94_muon): the same Nesterov momentum, then the update orthogonalized (`newton_schulz`), applied at
+    muon_lr times the same one-cycle multiplier, after the filter is rescaled to Frobenius norm sqrt(out
+    channels). A norm follows every conv, so a filter's scale changes nothing and the fixed norm makes
+    muon_lr the relative size of each step; for the same reason weight decay, which only shrinks the scale,
+    is not applied to filters. Norm scales/shifts and the linear classifier keep SGD.
+    Why: orthogonalized updates move every direction of a filter at the same rate instead of mostly the
+    dominant few; in 20-epoch runs of this net the training accuracy rose by about a point for every norm.
+
+    Why not torch's SGD: a CUDA graph (CudaGraphStep) replays a recorded training step, update included, so
+    the rates must be read from device memory, which `next_lr()` refills before every step; torch.optim.SGD
+    bakes a Python float into the recording. Usage per step: `opt.next_lr()`, then `opt.step(grads)` (no
+    autograd).
     """
 
     def __init__(self, model: nn.Module, cfg: TrainParams, steps_total: int):
@@ -114,28 +152,55 @@ class OneCycleSGD:
         self.bufs = [torch.zeros_like(p) for p in self.params]  # 0 * momentum + grad: torch's first-step buffer
         self.lr = torch.zeros((), device=self.params[0].device)
         self.steps_done = 0
+        # Muon's filters (positions in self.params), grouped by matrix shape; SGD takes the others.
+        self.filters = [i for i, p in enumerate(self.params) if p.ndim == 4] if cfg.muon_lr > 0 else []
+        shapes: dict[tuple[int, int], list[int]] = {}
+        for k, i in enumerate(self.filters):
+            shapes.setdefault((len(self.params[i]), self.params[i][0].numel()), []).append(k)
+        self.filter_groups = list(shapes.values())
+        self.sgd = [i for i in range(len(self.params)) if i not in set(self.filters)]  # decayed ones first
+        self.muon_ratio = cfg.muon_lr / cfg.lr
+        self.filter_lr = torch.zeros((), device=self.params[0].device)
 
     def lr_at(self, step: int) -> float:
         """Learning rate of step `step` (0-based)."""
         return self.peak * one_cycle(step, self.steps_total, self.warmup)
 
     def next_lr(self) -> None:
-        """Load the rate of the next step into self.lr (outside any CUDA graph: the count lives on the host)."""
-        self.lr.fill_(self.lr_at(self.steps_done))
+        """Load the rates of the next step into self.lr and self.filter_lr (outside any CUDA graph: the count
+        lives on the host)."""
+        lr = self.lr_at(self.steps_done)
+        self.lr.fill_(lr)
+        self.filter_lr.fill_(lr * self.muon_ratio)
         self.steps_done += 1
 
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor]) -> None:
         """Update the parameters in place from their gradients (same order as self.params; overwritten)."""
-        d = list(grads)
+        grads = list(grads)
+        if self.filters:
+            self._filter_step([grads[i] for i in self.filters])
+        params, bufs = [self.params[i] for i in self.sgd], [self.bufs[i] for i in self.sgd]
+        d, n_decay = [grads[i] for i in self.sgd], sum(i < self.n_decay for i in self.sgd)
         if self.weight_decay:
-            d[:self.n_decay] = torch._foreach_add(d[:self.n_decay], self.params[:self.n_decay],
-                                                  alpha=self.weight_decay)
+            d[:n_decay] = torch._foreach_add(d[:n_decay], params[:n_decay], alpha=self.weight_decay)
         if self.momentum:
-            torch._foreach_mul_(self.bufs, self.momentum)
-            torch._foreach_add_(self.bufs, d)
-            torch._foreach_add_(d, self.bufs, alpha=self.momentum)  # Nesterov: grad + momentum * buffer
-        torch._foreach_addcmul_(self.params, d, [self.lr] * len(d), value=-1)
+            torch._foreach_mul_(bufs, self.momentum)
+            torch._foreach_add_(bufs, d)
+            torch._foreach_add_(d, bufs, alpha=self.momentum)  # Nesterov: grad + momentum * buffer
+        torch._foreach_addcmul_(params, d, [self.lr] * len(d), value=-1)
+
+    def _filter_step(self, d: list[torch.Tensor]) -> None:
+        """Muon's step for the filters (self.filters' order) from their gradients d (overwritten)."""
+        params, bufs = [self.params[i] for i in self.filters], [self.bufs[i] for i in self.filters]
+        if self.momentum:
+            torch._foreach_mul_(bufs, self.momentum)
+            torch._foreach_add_(bufs, d)
+            torch._foreach_add_(d, bufs, alpha=self.momentum)  # Nesterov, as for SGD
+        norms = torch._foreach_norm(params)
+        torch._foreach_mul_(params, [math.sqrt(len(p)) / n for p, n in zip(params, norms)])
+        update = orthogonalized(d, self.filter_groups)
+        torch._foreach_addcmul_(params, update, [self.filter_lr] * len(params), value=-1)
 
     def state_dict(self) -> dict:
         return {"bufs": [b.clone() for b in self.bufs], "steps_done": self.steps_done}

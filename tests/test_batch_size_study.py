@@ -16,6 +16,7 @@ def test_lr_scales_linearly_with_batch_size_and_nothing_else_changes():
     params = load_params(ROOT / "params.yaml")
     cfg = B.scaled_recipe(params, 8, 3)
     assert cfg.lr == pytest.approx(params.train.lr * 8 / params.train.batch_size)
+    assert cfg.muon_lr == pytest.approx(params.train.muon_lr * 8 / params.train.batch_size)
     assert (cfg.batch_size, cfg.epochs) == (8, 3)
     assert cfg.momentum == params.train.momentum and cfg.weight_decay == params.train.weight_decay
     assert cfg.label_smoothing == params.train.label_smoothing and cfg.crop_pad == params.train.crop_pad

@@ -57,6 +57,8 @@ def test_committed_params_are_valid():
     ("train.lr", -0.1, "train.lr"),
     ("train.lr", "fast", "train.lr"),
     ("train.weight_decay", -1e-4, "train.weight_decay"),
+    ("train.muon_lr", -0.01, "train.muon_lr"),
+    ("train.muon_lr", "on", "train.muon_lr"),
     ("train.l1", -1e-5, "train.l1"),
     ("train.momentum", 1.0, "train.momentum"),
     ("train.warmup", 1.0, "train.warmup"),

@@ -13,8 +13,8 @@ from stages.model import NORMS, build_model
 from stages.params import load_params
 from stages.train import curve_split, seeded_model
 from stages.trainer import CudaGraphStep, NonFiniteLoss, Split, epoch_batches, fit, keep_freed_memory, l1_penalty, \
-    make_optimizer, low_res_epochs, one_cycle, param_groups, predict, step_function, train_epoch, train_image_size, \
-    train_step
+    make_optimizer, low_res_epochs, newton_schulz, one_cycle, orthogonalized, param_groups, predict, step_function, \
+    train_epoch, train_image_size, train_step
 from tests.conftest import ROOT
 
 BASE = load_params(ROOT / "params.yaml").train
@@ -93,7 +93,7 @@ def test_l1_penalty_reaches_the_gradient():
 @pytest.mark.parametrize("momentum,weight_decay", [(0.9, 1e-3), (0.0, 1e-3), (0.9, 0.0)])
 def test_one_cycle_sgd_is_torchs_sgd_and_schedule_bit_for_bit(momentum, weight_decay):
     # the committed results were trained with torch.optim.SGD + LambdaLR; the rewrite must not change one bit
-    c = cfg(momentum=momentum, weight_decay=weight_decay, lr=0.5, warmup=0.3, bf16=False)
+    c = cfg(momentum=momentum, weight_decay=weight_decay, lr=0.5, warmup=0.3, bf16=False, muon_lr=0.0)
     data, steps = blobs(64), 8
     ours, ref = small_model(), small_model()
     opt = make_optimizer(ours, c, steps)
@@ -110,6 +110,73 @@ def test_one_cycle_sgd_is_torchs_sgd_and_schedule_bit_for_bit(momentum, weight_d
         ref_opt.step()
         sched.step()
         assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), ref.state_dict().values()))
+
+
+def singular_values(m: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.svdvals(m.double())
+
+
+def test_newton_schulz_orthogonalizes_each_matrix_of_a_stack():
+    gen = torch.Generator().manual_seed(0)
+    g = torch.randn(3, 16, 144, generator=gen)
+    g[1] *= 1e3  # the scale of a gradient must not matter
+    # ill-conditioned: singular values from 1 down to 1/50, all lifted into the band (the iteration's limit is
+    # near 1/500 of the largest: 5 steps of slope 3.4445 at zero)
+    u, _, vh = torch.linalg.svd(g[2], full_matrices=False)
+    g[2] = u @ torch.diag(torch.logspace(0, -1.7, 16)) @ vh
+    o = newton_schulz(g)
+    for m, om in zip(g, o):
+        s = singular_values(om)
+        assert s.min() > 0.6 and s.max() < 1.25, s  # the quintic's band around 1
+        u, _, vh = torch.linalg.svd(m.double(), full_matrices=False)
+        polar = u @ vh  # the exact orthogonalization, which the iteration approximates
+        assert torch.linalg.norm(om.double() - polar) / torch.linalg.norm(polar) < 0.3
+
+
+def test_orthogonalized_handles_tall_filters_and_keeps_shapes():
+    gen = torch.Generator().manual_seed(1)
+    grads = [torch.randn(64, 32, 1, 1, generator=gen),  # tall: 64 x 32 (the head's 1x1 conv)
+             torch.randn(8, 3, 3, 3, generator=gen),
+             torch.randn(64, 32, 1, 1, generator=gen).to(memory_format=torch.channels_last)]
+    out = orthogonalized(grads, [[0, 2], [1]])
+    for g, o in zip(grads, out):
+        assert o.shape == g.shape and o.dtype == g.dtype
+        s = singular_values(o.reshape(len(o), -1))
+        assert s.min() > 0.6 and s.max() < 1.25
+    # the layout of a gradient does not change its matrix: (out, in * kh * kw) in logical order
+    assert torch.allclose(out[2], orthogonalized([grads[2].contiguous()], [[0]])[0], atol=1e-6)
+
+
+def test_muon_steps_filters_by_an_orthogonal_update_of_relative_size_muon_lr():
+    c = cfg(muon_lr=0.05, lr=0.1, warmup=0.0, momentum=0.9, weight_decay=1e-3, bf16=False)
+    data = blobs(16)
+    model, plain = small_model(), small_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt, plain_opt = make_optimizer(model, c, 4), make_optimizer(plain, dataclasses.replace(c, muon_lr=0.0), 4)
+    assert len(opt.filters) == 3 and all(opt.params[i].ndim == 4 for i in opt.filters)
+    for m, o in ((model, opt), (plain, plain_opt)):
+        o.next_lr()
+        train_step(m, o, c, data.x.float(), data.y)
+    rate = 0.05 * one_cycle(0, 4, 0.0)  # muon_lr times the schedule's first multiplier (0.1)
+    assert opt.filter_lr.item() == pytest.approx(rate) and opt.lr.item() == pytest.approx(0.1 * one_cycle(0, 4, 0.0))
+    plain_params = dict(plain.named_parameters())
+    for name, p in model.named_parameters():
+        p0 = before[name]
+        if p.ndim == 4:
+            # rescaled to norm sqrt(out channels), then moved by `rate` times an orthogonal matrix: no weight decay
+            scaled = p0 * (len(p0) ** 0.5 / p0.norm())
+            step = ((scaled - p.detach()) / rate).reshape(len(p), -1)
+            s = singular_values(step)  # flat, save for directions the 16 two-class images barely excite
+            assert s.median() > 0.6 and s.max() < 1.25, name
+            assert not torch.allclose(p, plain_params[name])
+        else:
+            # the classifier and the norms' scales and shifts take exactly the SGD step of the plain optimizer
+            assert torch.equal(p, plain_params[name]), name
+
+
+def test_muon_is_off_at_muon_lr_zero():
+    opt = make_optimizer(small_model(), cfg(muon_lr=0.0), 4)
+    assert opt.filters == [] and len(opt.sgd) == len(opt.params)
 
 
 def test_optimizer_state_round_trips():
