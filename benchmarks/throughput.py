@@ -5,7 +5,8 @@
 Baseline (what the course notebooks do): per-image PIL transforms (RandomCrop(32, padding=4),
 RandomHorizontalFlip, RandAugment applied with p=0.25, ToTensor, Normalize) in a torchvision DataLoader with
 2 worker processes, batch 64, fp32, contiguous (NCHW) tensors, SGD.
-Ours: uint8 tensors in memory, whole-batch crop+flip, channels_last, bf16 autocast, the params.yaml batch.
+Ours: uint8 tensors in memory, whole-batch crop+flip, channels_last, bf16 autocast where the CPU has bf16
+instructions (fp32 elsewhere, as the train stage), the params.yaml batch.
 Both train the params.yaml model on the first --images training images of data/prepared (run
 `dvc repro download` first); each is timed over one pass after a short warm-up. The process first tells glibc's
 malloc to keep freed memory (trainer.keep_freed_memory), as the train stage does: every side runs with it.
@@ -30,7 +31,7 @@ from stages.checkpoint import model_config, new_model
 from stages.data import load_dataset
 from stages.params import load_params
 from stages.train import channel_stats, cpu_model
-from stages.trainer import Split, epoch_batches, keep_freed_memory, make_optimizer, train_epoch
+from stages.trainer import Split, epoch_batches, keep_freed_memory, make_optimizer, precision_name, train_epoch
 
 
 class PilImages(Dataset):
@@ -117,7 +118,8 @@ def main() -> None:
     steps = time_baseline_steps(config, x, y, mean, std)
     ours = time_ours(params, config, x, y, mean, std)
     print(f"machine: {cpu_model()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}; norm {args.norm}, {args.images} images")
+          f"torch {torch.__version__}; norm {args.norm}, {args.images} images; "
+          f"ours in {precision_name(torch.device('cpu'), params.train.bf16)}")
     print(f"course-style baseline: {base:8.0f} img/s  ({50_000 / base:6.1f} s per 50k-image epoch)")
     print(f"  its steps alone:     {steps:8.0f} img/s  ({50_000 / steps:6.1f} s per 50k-image epoch; "
           f"the loader's share of the baseline: {1 - base / steps:.0%})")

@@ -25,7 +25,7 @@ from stages.io import write_csv, write_json
 from stages.model import NORMS, Net, count_params
 from stages.params import Params, load_params
 from stages.trainer import PERCENTILES, OneCycleSGD, Split, fit, keep_freed_memory, loss_and_accuracy, pick_device, \
-    predict
+    precision_name, predict
 
 
 LOG_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "train_size"]
@@ -91,6 +91,7 @@ def train_norm(norm: str, params: Params, ds: Dataset, device: torch.device) -> 
         rows, start, opt_state, elapsed = resume["rows"], resume["epoch"], resume["opt_state"], resume["elapsed"]
         print(f"{norm}: resuming after epoch {start} from {paths.checkpoint_path(norm)}")
     t0 = time.perf_counter() - elapsed
+    print(f"{norm}: training on {device_name(device)} in {precision_name(device, params.train.bf16)}", flush=True)
 
     def on_epoch(epoch: int, row: dict, opt_state: dict) -> None:
         rows.append(row)

@@ -12,7 +12,8 @@ from stages.data import Dataset
 from stages.model import NORMS, build_model
 from stages.params import load_params
 from stages.train import curve_split, seeded_model
-from stages.trainer import CudaGraphStep, NonFiniteLoss, Split, epoch_batches, fit, keep_freed_memory, l1_penalty, \
+from stages import trainer
+from stages.trainer import CPU_BF16_PROBES, CudaGraphStep, NonFiniteLoss, Split, epoch_batches, fit, keep_freed_memory, l1_penalty, \
     make_optimizer, low_res_epochs, newton_schulz, one_cycle, orthogonalized, param_groups, predict, step_function, \
     train_epoch, train_image_size, train_step
 from tests.conftest import ROOT
@@ -364,3 +365,51 @@ def test_the_first_epochs_train_on_downscaled_images_and_tests_stay_full_size():
     assert train_sizes == [8, 8, 8, 8, 16, 16]  # 2 steps per epoch
     assert {size for training, size in seen if not training} == {16}
     assert [r["train_size"] for r in rows] == [8, 8, 16]
+
+
+@pytest.fixture
+def cpu_probes(monkeypatch):
+    """Sets torch's CPU bf16 probes (CPU_BF16_PROBES) to fixed answers (None: the probe is absent) and keeps
+    native_bf16's cached answer from leaking into other tests."""
+    def set_answers(**answers):
+        for name in CPU_BF16_PROBES:
+            answer = answers.get(name, False)
+            if answer is None:
+                monkeypatch.delattr(torch.cpu, name, raising=False)
+            else:
+                monkeypatch.setattr(torch.cpu, name, lambda a=answer: a)
+        trainer.native_bf16.cache_clear()
+    yield set_answers
+    trainer.native_bf16.cache_clear()
+
+
+@pytest.mark.parametrize("answers, native", [
+    ({}, False),  # AVX-512 without BF16 (Ice Lake) or AVX2 only: emulated bf16, slower than fp32
+    ({"_is_avx512_bf16_supported": True}, True),  # Zen 4, Cooper Lake
+    ({"_is_amx_tile_supported": True}, True),  # Sapphire Rapids and later
+    ({"_is_avx512_bf16_supported": None, "_is_amx_tile_supported": None}, True),  # no probes: trust train.bf16
+])
+def test_cpu_bf16_only_where_the_cpu_has_bf16_instructions(cpu_probes, answers, native):
+    cpu_probes(**answers)
+    assert trainer.native_bf16("cpu") is native
+    assert trainer.uses_bf16(torch.device("cpu"), True) is native
+    assert trainer.uses_bf16(torch.device("cpu"), False) is False
+
+
+def test_mps_and_other_devices_never_autocast():
+    assert trainer.native_bf16("mps") is False
+    assert trainer.native_bf16("meta") is False
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_autocast_computes_in_bf16_only_on_native_hardware(monkeypatch, native):
+    monkeypatch.setattr(trainer, "native_bf16", lambda device_type: native)
+    conv, x = torch.nn.Conv2d(3, 4, 3), torch.rand(2, 3, 8, 8)
+    with trainer.autocast(torch.device("cpu"), bf16=True):
+        out = conv(x)
+    assert out.dtype == (torch.bfloat16 if native else torch.float32)
+    name = trainer.precision_name(torch.device("cpu"), True)
+    assert name == "bf16 autocast" if native else name.startswith("fp32 (train.bf16 asked for bf16")
+    with trainer.autocast(torch.device("cpu"), bf16=False):
+        assert conv(x).dtype == torch.float32
+    assert trainer.precision_name(torch.device("cpu"), False) == "fp32"
