@@ -1,7 +1,13 @@
 """The batch-size study (scripts/batch_size_study.py): recipe scaling, fixed subset, and a real run on digits."""
 import csv
+import os
 import shutil
+import signal
 import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +15,7 @@ import torch
 from scripts import batch_size_study as B
 from stages.params import load_params
 from stages.trainer import Split
-from tests.conftest import ROOT, digits_project, run_module
+from tests.conftest import ROOT, digits_project, module_env, run_module
 
 
 def test_lr_scales_linearly_with_batch_size_and_nothing_else_changes():
@@ -96,3 +102,62 @@ def test_real_run_on_digits_writes_table_csv_and_plot(tmp_path):
     with open(repo / "metrics/batch_size.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 12
     assert "± " in (repo / "metrics/batch_size.md").read_text()
+
+
+def workers_of(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is pid and that run a multiprocessing spawn worker."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z" and b"spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux (/proc, prctl)")
+def test_workers_end_when_the_study_is_killed(tmp_path):
+    repo = digits_project(tmp_path / "proj")
+    shutil.copytree(ROOT / "scripts", repo / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
+    # runs of 20 epochs at batch 2 on 1,000 digits (10,000 steps each, far longer than the test waits): the
+    # workers are mid-run when the study is killed, so only a signal, not the end of a run, can stop them soon
+    study = subprocess.Popen([sys.executable, "-m", "scripts.batch_size_study", "--epochs", "20", "--batch-sizes",
+                              "2", "--train-images", "1000", "--jobs", "2"], cwd=repo, env=module_env(repo),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers := workers_of(study.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(workers) == 2, "the study did not start its 2 workers"
+        time.sleep(5)  # into their first runs
+        assert all(alive(w) for w in workers) and study.poll() is None, study.stderr.read().decode()
+        study.send_signal(signal.SIGTERM)  # as `pkill -f`: only the main process gets it
+        study.wait(10)
+        deadline = time.monotonic() + 10
+        while any(alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(alive(w) for w in workers), "workers outlived the study"
+    finally:  # leave nothing running, whatever failed
+        study.kill()
+        for w in workers:
+            if alive(w):
+                os.kill(w, signal.SIGKILL)
+
+
+def test_die_with_parent_is_a_no_op_without_prctl(monkeypatch):
+    def no_libc(*args, **kwargs):
+        raise OSError("no C library")
+    monkeypatch.setattr(B.ctypes, "CDLL", no_libc)
+    assert B.die_with_parent() is False
