@@ -59,7 +59,7 @@ CPU_BF16_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
 @functools.cache
 def native_bf16(device_type: str) -> bool:
     """Whether this machine's `device_type` ("cpu", "cuda", ...) computes bf16 in hardware. Why it matters: on
-    a CPU without bf16 instructions oneDNN emulates them, and a training step of our net took 1.6-2.0x as long
+    a CPU without bf16 instructions oneDNN emulates them, and a training step of our net took 1.4-2.0x as long
     as in fp32 (Intel Xeon, Ice Lake, measured), while with them (AMX, or Zen 4's AVX-512 BF16) bf16 is the
     faster one (1.4-1.7x). CUDA: Ampere and later; MPS and other devices: never (autocast is not used there)."""
     if device_type == "cuda":
