@@ -61,7 +61,8 @@ def native_bf16(device_type: str) -> bool:
     """Whether this machine's `device_type` ("cpu", "cuda", ...) computes bf16 in hardware. Why it matters: on
     a CPU without bf16 instructions oneDNN emulates them, and a training step of our net took 1.4-2.0x as long
     as in fp32 (Intel Xeon, Ice Lake, measured), while with them (AMX, or Zen 4's AVX-512 BF16) bf16 is the
-    faster one (1.4-1.7x). CUDA: Ampere and later; MPS and other devices: never (autocast is not used there)."""
+    faster one (1.4-1.7x). CUDA: Ampere and later; CPUs other than x86 (torch's probes answer no there): fp32;
+    MPS and other devices: never (autocast is not used there)."""
     if device_type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device_type != "cpu":
