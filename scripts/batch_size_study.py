@@ -26,12 +26,11 @@ import ctypes
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
 import signal
 import statistics
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
+from multiprocessing import get_context, parent_process
 from pathlib import Path
 from typing import Callable
 
@@ -128,7 +127,7 @@ def die_with_parent() -> bool:
         return False
     if prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
         return False
-    parent = multiprocessing.parent_process()
+    parent = parent_process()
     if parent is not None and parent.pid != os.getppid():  # it ended before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
     return True

@@ -104,26 +104,35 @@ def test_real_run_on_digits_writes_table_csv_and_plot(tmp_path):
     assert "± " in (repo / "metrics/batch_size.md").read_text()
 
 
-def workers_of(pid: int) -> list[int]:
-    """Live (not zombie) processes whose parent is pid and that run a multiprocessing spawn worker."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, ValueError):
-            continue
-        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if int(ppid) == pid and state != "Z" and b"spawn_main" in cmdline:
-            found.append(int(entry.name))
-    return found
+def state_and_parent(proc: Path) -> tuple[str, int] | None:
+    """(state letter, parent pid) from /proc/<pid>/stat, or None once the process is gone. The fields follow
+    the command name in parentheses, which may itself hold spaces or parentheses."""
+    try:
+        state, ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+    except OSError:
+        return None
+    return state, int(ppid)
 
 
 def alive(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    """Running and not a zombie (an ended child its new parent has not reaped yet)."""
+    info = state_and_parent(Path("/proc") / str(pid))
+    return info is not None and info[0] != "Z"
+
+
+def workers_of(pid: int) -> list[int]:
+    """Live processes whose parent is pid and that run a multiprocessing spawn worker."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or (info := state_and_parent(proc)) is None:
+            continue
+        try:
+            spawned = b"spawn_main" in (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if info[1] == pid and info[0] != "Z" and spawned:
+            found.append(int(proc.name))
+    return found
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux (/proc, prctl)")

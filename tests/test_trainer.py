@@ -13,9 +13,9 @@ from stages.model import NORMS, build_model
 from stages.params import load_params
 from stages.train import curve_split, seeded_model
 from stages import trainer
-from stages.trainer import CPU_BF16_PROBES, CudaGraphStep, NonFiniteLoss, Split, epoch_batches, fit, keep_freed_memory, l1_penalty, \
-    make_optimizer, low_res_epochs, newton_schulz, one_cycle, orthogonalized, param_groups, predict, step_function, \
-    train_epoch, train_image_size, train_step
+from stages.trainer import CPU_BF16_PROBES, CudaGraphStep, NonFiniteLoss, Split, epoch_batches, fit, \
+    keep_freed_memory, l1_penalty, make_optimizer, low_res_epochs, newton_schulz, one_cycle, orthogonalized, \
+    param_groups, predict, step_function, train_epoch, train_image_size, train_step
 from tests.conftest import ROOT
 
 BASE = load_params(ROOT / "params.yaml").train
@@ -409,7 +409,7 @@ def test_autocast_computes_in_bf16_only_on_native_hardware(monkeypatch, native):
         out = conv(x)
     assert out.dtype == (torch.bfloat16 if native else torch.float32)
     name = trainer.precision_name(torch.device("cpu"), True)
-    assert name == "bf16 autocast" if native else name.startswith("fp32 (train.bf16 asked for bf16")
+    assert (name == "bf16 autocast") if native else name.startswith("fp32 (train.bf16 asked for bf16")
     with trainer.autocast(torch.device("cpu"), bf16=False):
         assert conv(x).dtype == torch.float32
     assert trainer.precision_name(torch.device("cpu"), False) == "fp32"
