@@ -150,6 +150,18 @@ class Net(nn.Module):
         return self.head(torch.amax(f, dim=(2, 3)))
 
 
+@torch.no_grad()
+def dirac_init_(model: Net) -> None:
+    """Start every 3x3 conv after the stem as a partial identity, as airbench does: of a conv's c_out filters
+    (c_out >= c_in here), the first c_in pass their input channel through unchanged (`nn.init.dirac_`), the
+    others keep their random init; so does the stem, which reads the image. Weight-standardized, a dirac filter
+    of n = 9 * c_in weights computes its channel minus 1/n of the 3x3 window's sum over all input channels (up
+    to scale): nearly an identity. Consumes no random numbers, so every other weight is as without it."""
+    convs = [m for m in model.features.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    for conv in convs[1:]:
+        nn.init.dirac_(conv.weight[:min(conv.in_channels, conv.out_channels)])
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

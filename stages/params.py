@@ -65,6 +65,7 @@ class TrainParams:
     momentum: float
     weight_decay: float
     muon_lr: float  # relative step of Muon's update of every conv filter (0: filters take SGD like the rest)
+    dirac_init: bool  # the 3x3 convs after the stem start as partial identities (model.dirac_init_)
     warmup: float
     low_res: float  # fraction of the epochs, the first ones, trained on images downscaled to low_res_size
     low_res_size: int  # longer side in pixels of those images

@@ -22,7 +22,7 @@ from stages import cli, paths
 from stages.data import Dataset, load_dataset
 from stages.checkpoint import CheckpointError, load, model_config, new_model, save
 from stages.io import write_csv, write_json
-from stages.model import NORMS, Net, count_params
+from stages.model import NORMS, Net, count_params, dirac_init_
 from stages.params import Params, load_params
 from stages.trainer import PERCENTILES, OneCycleSGD, Split, fit, keep_freed_memory, loss_and_accuracy, pick_device, \
     precision_name, predict
@@ -69,12 +69,15 @@ def seeded_model(params: Params, norm: str, ds: Dataset, train_x: torch.Tensor, 
                  ) -> tuple[Net, dict, torch.Generator]:
     """The start of a training run: (model, its config, generator). `seed` seeds torch's global RNG (weight
     init) and a new generator on train_x's device (shuffling, augmentation); the model's input statistics
-    come from train_x (uint8 (N, C, H, W)); channels_last on that device."""
+    come from train_x (uint8 (N, C, H, W)); channels_last on that device; with train.dirac_init the convs
+    after the stem start as partial identities."""
     torch.manual_seed(seed)
     gen = torch.Generator(device=train_x.device).manual_seed(seed)
     config = model_config(params, norm, ds)
-    model = new_model(config, *channel_stats(train_x)).to(train_x.device, memory_format=torch.channels_last)
-    return model, config, gen
+    model = new_model(config, *channel_stats(train_x))
+    if params.train.dirac_init:
+        dirac_init_(model)
+    return model.to(train_x.device, memory_format=torch.channels_last), config, gen
 
 
 def train_norm(norm: str, params: Params, ds: Dataset, device: torch.device) -> dict:

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stages.model import (MAX_PARAMS, NORMS, DownStage, GroupNormFP32, Residual, WSConv2d, build_model,
-                          count_params, make_norm)
+                          count_params, dirac_init_, make_norm)
 from stages.params import load_params
 from tests.conftest import ROOT
 
@@ -130,6 +130,30 @@ def test_weight_std_standardizes_every_conv_filter_and_keeps_the_parameters():
     with torch.no_grad():
         conv.weight.mul_(torch.rand(conv.out_channels, 1, 1, 1) * 5 + 0.5).add_(torch.randn(conv.out_channels, 1, 1, 1))
     assert torch.allclose(conv(x), F.conv2d(x, standard, padding=1), rtol=1e-2, atol=1e-2)
+
+
+def test_dirac_init_makes_the_convs_after_the_stem_partial_identities():
+    torch.manual_seed(0)
+    rand = build_model("gn", (8, 16, 16), (1, 1), 4, head_width=32, weight_std=True)
+    torch.manual_seed(0)
+    model = build_model("gn", (8, 16, 16), (1, 1), 4, head_width=32, weight_std=True)
+    dirac_init_(model)
+    pairs = [(m, r) for m, r in zip(model.modules(), rand.modules()) if isinstance(m, nn.Conv2d)]
+    stem, convs, head = pairs[0], pairs[1:-1], pairs[-1]
+    assert [m.kernel_size for m, _ in pairs] == [(3, 3)] * 5 + [(1, 1)]
+    assert torch.equal(stem[0].weight, stem[1].weight) and torch.equal(head[0].weight, head[1].weight)
+    for m, r in convs:
+        k = m.in_channels  # 8 or 16; c_out >= c_in
+        eye = torch.zeros(k, k, 3, 3)
+        eye[torch.arange(k), torch.arange(k), 1, 1] = 1
+        assert torch.equal(m.weight[:k], eye)
+        assert torch.equal(m.weight[k:], r.weight[k:])  # the other filters keep their random init
+        # weight-standardized, a dirac filter computes its channel minus 1/n of the 3x3 window's sum over
+        # all n = 9 * c_in inputs, divided by the filter's std
+        x, n = torch.randn(2, k, 5, 5), 9 * k
+        window_sum = F.conv2d(x, torch.ones(1, k, 3, 3), padding=1)
+        expected = (x - window_sum / n) / (1 / n - 1 / n ** 2 + 1e-5) ** 0.5
+        assert torch.allclose(m(x)[:, :k], expected, atol=1e-4)
 
 
 @pytest.mark.parametrize("depth", [(1,), (0, 1, 0)])

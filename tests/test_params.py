@@ -71,6 +71,7 @@ def test_committed_params_are_valid():
     ("train.crop_pad", -1, "train.crop_pad"),
     ("train.cutout", -2, "train.cutout"),
     ("train.bf16", "yes", "train.bf16"),
+    ("train.dirac_init", 1, "train.dirac_init"),
     ("train.tta", "mirror", "train.tta"),
     ("train.tta", True, "train.tta"),
 ])

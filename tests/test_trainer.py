@@ -58,6 +58,20 @@ def test_a_seed_starts_every_norm_from_the_same_weights_and_batches():
     assert not torch.equal(next(other_seed.parameters()), starts[0][0][0])
 
 
+def test_train_dirac_init_changes_only_the_identity_filters_of_the_seeded_model():
+    data = blobs(16)
+    x, y = data.x.repeat(1, 1, 4, 4).numpy(), data.y.numpy()
+    ds = Dataset(x, y, x, y, [str(i) for i in range(10)], {})
+    params = load_params(ROOT / "params.yaml")
+    on = dataclasses.replace(params, train=dataclasses.replace(params.train, dirac_init=True))
+    off = dataclasses.replace(params, train=dataclasses.replace(params.train, dirac_init=False))
+    (a, _, gen_a), (b, _, gen_b) = (seeded_model(p, "ln", ds, torch.from_numpy(x), seed=3) for p in (on, off))
+    changed = [name for (name, pa), pb in zip(a.named_parameters(), b.parameters()) if not torch.equal(pa, pb)]
+    assert len(changed) == 7  # the 3x3 convs after the stem: 3 halving stages and 4 residual layers
+    assert all(name.endswith("weight") and a.get_parameter(name).ndim == 4 for name in changed)
+    assert torch.equal(torch.randperm(100, generator=gen_a), torch.randperm(100, generator=gen_b))
+
+
 def test_one_cycle_warms_up_then_decays_to_zero():
     total = 100
     values = [one_cycle(s, total, 0.2) for s in range(total + 1)]
