@@ -326,26 +326,44 @@ def step_function(model: nn.Module, opt: OneCycleSGD, cfg: TrainParams) -> StepF
     return lambda xb, yb: train_step(model, opt, cfg, xb, yb)
 
 
+DIAGONAL_SHIFTS = ((1, 1), (-1, -1))  # (down, right) pixels: flip_shift's views (airbench's translate TTA)
+GRID_SHIFTS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0))  # 8 neighbours
+
+
+def shifted_logits(model: nn.Module, views: tuple[torch.Tensor, ...], shifts: tuple[tuple[int, int], ...]
+                   ) -> torch.Tensor:
+    """Mean fp32 logits over every view (N, C, H, W) moved by every (down, right) shift (reflect-filled)."""
+    n, dev = len(views[0]), views[0].device
+    total = 0
+    for dy, dx in shifts:
+        sy, sx = (torch.full((n,), d, device=dev) for d in (dy, dx))
+        total = total + sum(model(translate(v, sy, sx)).float() for v in views)
+    return total / (len(views) * len(shifts))
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int, tta: str, bf16: bool) -> torch.Tensor:
     """Logits (N, classes) in fp32 for uint8 images x, with test-time augmentation `tta`:
     none: the image alone; flip: mean of image and mirror logits;
     flip_shift: 2/3 of the flip mean plus 1/3 of the mean over image and mirror each shifted by one pixel
     diagonally both ways (4 more views; airbench's translate TTA). Measured on the committed models: +0.5 to
-    +0.7 points over flip alone for every norm."""
+    +0.7 points over flip alone for every norm;
+    flip_grid: equal-weight mean over image and mirror at all 9 positions within one pixel (18 views).
+    Re-scored on 15 cached models (3 norms x 5 seeds): +0.25 points over flip_shift, every model better,
+    for three times the forward passes."""
     model.eval()
     out = []
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size].float()
         with autocast(x.device, bf16):
             logits = model(xb).float()
-            if tta in ("flip", "flip_shift"):
+            if tta != "none":
                 mirror = xb.flip(3)
                 logits = 0.5 * (logits + model(mirror).float())
             if tta == "flip_shift":
-                shift = [torch.full((len(xb),), d, device=xb.device) for d in (1, -1)]
-                views = [translate(v, s, s) for v in (xb, mirror) for s in shift]
-                logits = (2 * logits + sum(model(v).float() for v in views) / len(views)) / 3
+                logits = (2 * logits + shifted_logits(model, (xb, mirror), DIAGONAL_SHIFTS)) / 3
+            elif tta == "flip_grid":
+                logits = (2 * logits + 16 * shifted_logits(model, (xb, mirror), GRID_SHIFTS)) / 18
         out.append(logits)
     return torch.cat(out)
 

@@ -288,6 +288,16 @@ def test_predict_with_flip_shift_adds_the_four_shifted_views_at_one_third():
     assert torch.allclose(got, 2 / 3 * flip + 1 / 3 * sum(views) / 4, atol=1e-5)
 
 
+def test_predict_with_flip_grid_weighs_all_18_one_pixel_views_equally():
+    model = small_model().eval()
+    x = blobs(8).x
+    views = [predict(model, translate(v, torch.full((8,), dy), torch.full((8,), dx)), 8, tta="none", bf16=False)
+             for v in (x, x.flip(3)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    got = predict(model, x, 4, tta="flip_grid", bf16=False)
+    assert torch.allclose(got, sum(views) / 18, atol=1e-5)
+    assert not torch.allclose(got, predict(model, x, 4, tta="flip_shift", bf16=False), atol=1e-4)
+
+
 def test_fit_without_test_split_skips_the_per_epoch_test_pass():
     rows = fit(small_model(), blobs(32), None, cfg(epochs=2), torch.Generator().manual_seed(0))
     assert [set(r) for r in rows] == [{"epoch", "train_loss", "train_acc", "lr", "seconds", "train_size"}] * 2
