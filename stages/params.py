@@ -12,7 +12,7 @@ import yaml
 from stages.model import NORMS, build_model
 
 MAX_EPOCHS = 20  # the budget of the comparison
-TTA_MODES = ("none", "flip", "flip_shift", "flip_grid")  # test-time augmentation (see stages.trainer.predict)
+TTA_MODES = ("none", "flip", "flip_shift", "flip_grid", "flip_diag")  # test-time augmentation (see stages.trainer.predict)
 
 
 class ParamsError(ValueError):

@@ -298,6 +298,17 @@ def test_predict_with_flip_grid_weighs_all_18_one_pixel_views_equally():
     assert not torch.allclose(got, predict(model, x, 4, tta="flip_shift", bf16=False), atol=1e-4)
 
 
+def test_predict_with_flip_diag_weighs_centre_and_1_and_2_pixel_diagonal_views_equally():
+    model = small_model().eval()
+    x = blobs(8).x
+    positions = [(0, 0)] + [(k * dy, k * dx) for k in (1, 2) for dy in (-1, 1) for dx in (-1, 1)]
+    views = [predict(model, translate(v, torch.full((8,), dy), torch.full((8,), dx)), 8, tta="none", bf16=False)
+             for v in (x, x.flip(3)) for dy, dx in positions]
+    got = predict(model, x, 4, tta="flip_diag", bf16=False)
+    assert torch.allclose(got, sum(views) / 18, atol=1e-5)
+    assert not torch.allclose(got, predict(model, x, 4, tta="flip_grid", bf16=False), atol=1e-4)
+
+
 def test_fit_without_test_split_skips_the_per_epoch_test_pass():
     rows = fit(small_model(), blobs(32), None, cfg(epochs=2), torch.Generator().manual_seed(0))
     assert [set(r) for r in rows] == [{"epoch", "train_loss", "train_acc", "lr", "seconds", "train_size"}] * 2
