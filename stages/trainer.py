@@ -330,6 +330,7 @@ DIAGONAL_SHIFTS = ((1, 1), (-1, -1))  # (down, right) pixels: flip_shift's views
 GRID_SHIFTS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0))  # 8 neighbours
 # flip_diag's 8 positions besides the centre: 1 and 2 pixels along both diagonals, each way
 DIAGONAL2_SHIFTS = tuple((k * dy, k * dx) for k in (1, 2) for dy in (-1, 1) for dx in (-1, 1))
+EQUAL_WEIGHT_SHIFTS = {"flip_grid": GRID_SHIFTS, "flip_diag": DIAGONAL2_SHIFTS}  # modes weighing every view alike
 
 
 def shifted_logits(model: nn.Module, views: tuple[torch.Tensor, ...], shifts: tuple[tuple[int, int], ...]
@@ -367,10 +368,10 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int, tta: str, bf16: 
                 logits = 0.5 * (logits + model(mirror).float())
             if tta == "flip_shift":
                 logits = (2 * logits + shifted_logits(model, (xb, mirror), DIAGONAL_SHIFTS)) / 3
-            elif tta == "flip_grid":
-                logits = (2 * logits + 16 * shifted_logits(model, (xb, mirror), GRID_SHIFTS)) / 18
-            elif tta == "flip_diag":
-                logits = (2 * logits + 16 * shifted_logits(model, (xb, mirror), DIAGONAL2_SHIFTS)) / 18
+            elif tta in EQUAL_WEIGHT_SHIFTS:
+                shifts = EQUAL_WEIGHT_SHIFTS[tta]  # 2 unshifted views + 2 per shift, each weighed 1 / views
+                views = 2 + 2 * len(shifts)
+                logits = (2 * logits + (views - 2) * shifted_logits(model, (xb, mirror), shifts)) / views
         out.append(logits)
     return torch.cat(out)
 
