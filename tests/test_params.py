@@ -69,7 +69,6 @@ def test_committed_params_are_valid():
     ("train.low_res", -0.1, "train.low_res"),
     ("train.low_res_size", 0, "train.low_res_size"),
     ("train.low_res_size", 24.5, "train.low_res_size"),
-    ("train.low_res_size", 2 ** HALVINGS // 2, "train.low_res_size"),  # too small to halve HALVINGS times
     ("train.label_smoothing", -0.1, "train.label_smoothing"),
     ("train.crop_pad", -1, "train.crop_pad"),
     ("train.cutout", -2, "train.cutout"),
@@ -82,6 +81,14 @@ def test_bad_values_are_rejected_by_key(path, value, key):
     with pytest.raises(ParamsError) as e:
         parse_params(with_(path, value))
     assert f"{key}:" in str(e.value)
+
+
+def test_low_res_size_too_small_to_halve_is_rejected_when_low_res_is_on():
+    raw = with_("train.low_res_size", 2 ** HALVINGS // 2)  # too small to halve HALVINGS times
+    raw["train"]["low_res"] = 0.3
+    with pytest.raises(ParamsError) as e:
+        parse_params(raw)
+    assert "train.low_res_size:" in str(e.value)
 
 
 def test_low_res_size_is_only_checked_against_the_net_when_low_res_is_on():
