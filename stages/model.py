@@ -116,8 +116,9 @@ class Net(nn.Module):
     to 64 costs 2.5k parameters and gave +0.5 points (mean of 2 seeds) in 10-epoch BN probes.
     Each stage halves H and W, except that with `stem_pool` the stem does the first halving (conv, max-pool,
     then norm and GELU at half resolution) and the first stage keeps the resolution: the same resolutions after
-    each stage (with widths (16, 16, 32): 16 and 8), with no norm or GELU at 32x32. Why: at 32x32 the stem's norm, GELU and max-pool were a third of a
-    training step on a 2-core CPU. weight_std: every conv is a WSConv2d.
+    each stage (with widths (16, 16, 32): 16 and 8), with no norm or GELU at 32x32. Why: at 32x32 the stem's
+    norm, GELU and max-pool were a third of a training step on a 2-core CPU. weight_std: every conv is a
+    WSConv2d.
     """
 
     def __init__(self, norm: str, widths: tuple[int, ...], depth: tuple[int, ...], in_channels: int,

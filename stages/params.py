@@ -66,7 +66,8 @@ class TrainParams:
     weight_decay: float
     muon_lr: float  # relative step of Muon's update of every conv filter (0: filters take SGD like the rest)
     dirac_init: bool  # the 3x3 convs after the stem start as partial identities (model.dirac_init_)
-    warmup: float
+    warmup: float  # fraction of the steps rising to lr (one_cycle)
+    muon_warmup: float  # the same for Muon's filter rate (muon_lr > 0)
     low_res: float  # fraction of the epochs, the first ones, trained on images downscaled to low_res_size
     low_res_size: int  # longer side in pixels of those images
     label_smoothing: float
@@ -85,6 +86,7 @@ class TrainParams:
         _require(self.muon_lr >= 0, "train.muon_lr", f"must be >= 0 (0: SGD for the conv filters too), got "
                  f"{self.muon_lr}")
         _require(0 <= self.warmup < 1, "train.warmup", f"must be in [0, 1), got {self.warmup}")
+        _require(0 <= self.muon_warmup < 1, "train.muon_warmup", f"must be in [0, 1), got {self.muon_warmup}")
         _require(0 <= self.low_res < 1, "train.low_res", f"must be in [0, 1), got {self.low_res}")
         _require(self.low_res_size > 0, "train.low_res_size", f"must be > 0, got {self.low_res_size}")
         _require(0 <= self.label_smoothing < 1, "train.label_smoothing",

@@ -65,6 +65,8 @@ def test_committed_params_are_valid():
     ("train.l1", -1e-5, "train.l1"),
     ("train.momentum", 1.0, "train.momentum"),
     ("train.warmup", 1.0, "train.warmup"),
+    ("train.muon_warmup", 1.0, "train.muon_warmup"),
+    ("train.muon_warmup", -0.1, "train.muon_warmup"),
     ("train.low_res", 1.0, "train.low_res"),
     ("train.low_res", -0.1, "train.low_res"),
     ("train.low_res_size", 0, "train.low_res_size"),

@@ -189,6 +189,27 @@ def test_muon_steps_filters_by_an_orthogonal_update_of_relative_size_muon_lr():
             assert torch.equal(p, plain_params[name]), name
 
 
+def test_muon_rate_follows_its_own_warmup_and_the_sgd_rate_keeps_warmup():
+    steps = 20
+    opt = make_optimizer(small_model(), cfg(muon_lr=0.05, lr=0.1, warmup=0.3, muon_warmup=0.1), steps)
+    for step in range(steps):
+        opt.next_lr()
+        assert opt.lr.item() == pytest.approx(0.1 * one_cycle(step, steps, 0.3))
+        assert opt.filter_lr.item() == pytest.approx(0.05 * one_cycle(step, steps, 0.1))
+    # at step 2 Muon's rate has finished warming up (2 of 20 steps), the SGD rate has not (6 of 20)
+    assert one_cycle(2, steps, 0.1) == 1.0 and one_cycle(2, steps, 0.3) < 1.0
+
+
+def test_equal_warmups_give_the_rates_of_one_schedule_bit_for_bit():
+    # the committed models were trained with filter_lr = lr * muon_lr / lr; equal warm-ups must keep those bits
+    c = cfg(muon_lr=0.03, lr=0.2, warmup=0.1, muon_warmup=0.1)
+    opt = make_optimizer(small_model(), c, 50)
+    for step in range(50):
+        opt.next_lr()
+        before = torch.tensor(opt.lr_at(step) * (0.03 / 0.2))  # the earlier trainer's expression, in float32
+        assert opt.filter_lr.item() == before.item()
+
+
 def test_muon_is_off_at_muon_lr_zero():
     opt = make_optimizer(small_model(), cfg(muon_lr=0.0), 4)
     assert opt.filters == [] and len(opt.sgd) == len(opt.params)
