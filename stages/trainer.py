@@ -202,18 +202,16 @@ class OneCycleSGD:
         self.muon_ratio = cfg.muon_lr / cfg.lr
         self.filter_lr = torch.zeros((), device=self.params[0].device)
 
-    def lr_at(self, step: int) -> float:
-        """Learning rate of step `step` (0-based)."""
-        return self.peak * one_cycle(step, self.steps_total, self.warmup)
+    def lr_at(self, step: int, warmup: float | None = None) -> float:
+        """SGD's learning rate of step `step` (0-based); with `warmup`, that rate under another warm-up fraction."""
+        return self.peak * one_cycle(step, self.steps_total, self.warmup if warmup is None else warmup)
 
     def next_lr(self) -> None:
         """Load the rates of the next step into self.lr and self.filter_lr (outside any CUDA graph: the count
         lives on the host)."""
-        lr = self.lr_at(self.steps_done)
-        self.lr.fill_(lr)
-        # written as lr * muon_ratio (not muon_lr * multiplier) so that equal warm-ups give the same bits as before
-        filter_peak = self.peak * one_cycle(self.steps_done, self.steps_total, self.muon_warmup)
-        self.filter_lr.fill_(filter_peak * self.muon_ratio)
+        self.lr.fill_(self.lr_at(self.steps_done))
+        # lr * muon_ratio, not muon_lr * multiplier: equal warm-ups give the bits of the single schedule before
+        self.filter_lr.fill_(self.lr_at(self.steps_done, self.muon_warmup) * self.muon_ratio)
         self.steps_done += 1
 
     @torch.no_grad()
