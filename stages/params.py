@@ -73,6 +73,7 @@ class TrainParams:
     label_smoothing: float
     crop_pad: int
     cutout: int
+    flip_only_last: int  # the last this many epochs train on flipped images only (no translation, no cutout)
     l1: float
     bf16: bool
     tta: str  # test-time augmentation of the final evaluation: one of TTA_MODES
@@ -93,6 +94,8 @@ class TrainParams:
                  f"must be in [0, 1), got {self.label_smoothing}")
         _require(self.crop_pad >= 0, "train.crop_pad", f"must be >= 0, got {self.crop_pad}")
         _require(self.cutout >= 0, "train.cutout", f"must be >= 0, got {self.cutout}")
+        _require(0 <= self.flip_only_last <= self.epochs, "train.flip_only_last",
+                 f"must be in 0..train.epochs={self.epochs}, got {self.flip_only_last}")
         _require(self.l1 >= 0, "train.l1", f"must be >= 0, got {self.l1}")
         _require(self.tta in TTA_MODES, "train.tta", f"must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
 

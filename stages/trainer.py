@@ -127,6 +127,12 @@ def train_image_size(cfg: TrainParams, epoch: int, full: int) -> int:
     return min(cfg.low_res_size, full) if epoch <= low_res_epochs(cfg) else full
 
 
+def augments(cfg: TrainParams, epoch: int) -> tuple[int, int]:
+    """(crop_pad, cutout) of epoch `epoch` (1-based): cfg's, except in the last cfg.flip_only_last epochs,
+    which see every image unshifted and whole (the random flip stays), as the test set does."""
+    return (0, 0) if epoch > cfg.epochs - cfg.flip_only_last else (cfg.crop_pad, cfg.cutout)
+
+
 def epoch_batches(n: int, batch_size: int) -> tuple[int, int]:
     """(images per step, steps per epoch) for n training images. The last partial batch is dropped:
     BN needs more than one sample per batch."""
@@ -408,7 +414,8 @@ def train_epoch(model: nn.Module, data: Split, cfg: TrainParams, opt: OneCycleSG
     step = step or step_function(model, opt, cfg)
     model.train()
     size = train_image_size(cfg, epoch, max(data.x.shape[-2:]))
-    x = cutout(random_crop_flip(data.x, cfg.crop_pad, gen), cfg.cutout, gen)
+    pad, square = augments(cfg, epoch)
+    x = cutout(random_crop_flip(data.x, pad, gen), square, gen)
     order = torch.randperm(len(x), generator=gen, device=x.device)
     bs, steps = epoch_batches(len(x), cfg.batch_size)
     loss_sum = torch.zeros((), device=x.device)

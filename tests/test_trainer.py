@@ -13,7 +13,7 @@ from stages.model import NORMS, build_model
 from stages.params import load_params
 from stages.train import curve_split, seeded_model
 from stages import trainer
-from stages.trainer import CPU_BF16_PROBES, CudaGraphStep, NonFiniteLoss, Split, epoch_batches, fit, \
+from stages.trainer import CPU_BF16_PROBES, CudaGraphStep, NonFiniteLoss, Split, augments, epoch_batches, fit, \
     keep_freed_memory, l1_penalty, make_optimizer, low_res_epochs, newton_schulz, one_cycle, orthogonalized, \
     param_groups, predict, step_function, train_epoch, train_image_size, train_step
 from tests.conftest import ROOT
@@ -399,6 +399,29 @@ def test_train_image_size_is_low_res_size_in_the_first_epochs_and_never_upscales
     assert [train_image_size(c, e, 32) for e in (1, 6, 7, 20)] == [24, 24, 32, 32]
     assert train_image_size(c, 1, 8) == 8  # digits: already smaller than low_res_size
     assert train_image_size(cfg(epochs=20, low_res=0.0, low_res_size=24), 1, 32) == 32
+
+
+def test_the_last_flip_only_epochs_drop_translation_and_cutout():
+    c = cfg(epochs=20, crop_pad=2, cutout=5, flip_only_last=2)
+    assert [augments(c, e) for e in (1, 18, 19, 20)] == [(2, 5), (2, 5), (0, 0), (0, 0)]
+    assert augments(cfg(epochs=20, crop_pad=2, cutout=5, flip_only_last=0), 20) == (2, 5)
+    assert augments(cfg(epochs=3, crop_pad=2, cutout=0, flip_only_last=3), 1) == (0, 0)
+
+
+def test_train_epoch_augments_as_its_epoch_says(monkeypatch):
+    seen = []
+
+    def spy(x, pad, gen):
+        seen.append(pad)
+        return x
+
+    monkeypatch.setattr(trainer, "random_crop_flip", spy)
+    c = cfg(epochs=2, crop_pad=2, flip_only_last=1)
+    model = small_model()
+    opt = make_optimizer(model, c, 2 * epoch_batches(64, c.batch_size)[1])
+    for epoch in (1, 2):
+        train_epoch(model, blobs(), c, opt, torch.Generator().manual_seed(0), epoch)
+    assert seen == [2, 0]
 
 
 def test_low_res_is_a_rounded_fraction_of_the_epochs():
