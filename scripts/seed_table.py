@@ -13,7 +13,9 @@ experiment, so seeds run on an earlier commit of the same recipe still count (a 
 docs moves HEAD away from them).
 Only runs of the workspace's params.yaml count: runs that differ in any other param than `seed` (or the
 reporting-only `norm`) are left out and named on stderr, so a table never mixes recipes. They are grouped
-by `seed` (one run per seed; the newest wins).
+by `seed` (one run per seed; the newest wins). A param added to params.yaml after a run was made is missing
+from that run; `--missing train.flip_only_last=0` counts such runs as having that value, for a new option
+whose value computes the same bits as the code before it (the option's tests and a re-run should say so).
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 from stages.io import write_json, write_text
 from stages.model import NORMS
@@ -74,6 +78,30 @@ def without(params: dict, key: str) -> dict:
     for part in parents:
         node = node.get(part, {})
     node.pop(last, None)
+    return out
+
+
+def parse_missing(items: list[str]) -> dict[str, object]:
+    """{dotted key: value} from --missing KEY=VALUE items (VALUE read as YAML: 0 is an int, true a bool)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--missing takes KEY=VALUE (a dotted params.yaml key), got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def with_missing(params: dict, missing: dict[str, object]) -> dict:
+    """A deep copy of params where each dotted key of `missing` that params lacks is set to its value (keys
+    params has keep their own value, so a run that set the option differently still differs)."""
+    out = json.loads(json.dumps(params))
+    for key, value in missing.items():
+        *parents, last = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node.setdefault(last, value)
     return out
 
 
@@ -196,9 +224,16 @@ def main() -> None:
     ap.add_argument("--png", help="also draw the per-norm test accuracy over seeds here")
     ap.add_argument("--first", type=int, default=0, metavar="N",
                     help="also give the test-accuracy means over the first N seeds alone")
+    ap.add_argument("--missing", action="append", default=[], metavar="KEY=VALUE",
+                    help="count runs that lack the params.yaml key KEY (dotted, e.g. train.flip_only_last) "
+                         "as having VALUE: for an option added later whose VALUE computes the same bits")
     args = ap.parse_args()
     if args.first < 0 or args.first == 1:
         ap.error(f"--first must be 0 (off) or a number of seeds >= 2, got {args.first}")
+    try:
+        missing = parse_missing(args.missing)
+    except ValueError as e:
+        ap.error(str(e))
     if args.summary:
         saved = json.loads(Path(args.summary).read_text())
         seeds, first, summary = saved.pop("seeds"), saved.pop("first", 0), saved
@@ -207,7 +242,8 @@ def main() -> None:
         text = Path(args.json).read_text() if args.json else subprocess.run(
             ["dvc", "exp", "show", "--all-commits", "--json"], capture_output=True, text=True, check=True).stdout
         exp_show = json.loads(text)
-        kept, other = same_recipe(runs_from_exp_show(exp_show), workspace_params(exp_show))
+        runs = [{**r, "params": with_missing(r["params"], missing)} for r in runs_from_exp_show(exp_show)]
+        kept, other = same_recipe(runs, workspace_params(exp_show))
         if other:
             print(left_out_message(other), file=sys.stderr)
         runs = by_seed(kept)

@@ -177,3 +177,39 @@ def test_many_runs_of_other_recipes_are_counted_and_the_newest_named(monkeypatch
     err = capsys.readouterr().err
     assert "left out 12 run(s) of another recipe than params.yaml: x11, x10, x09, x08, x07, x06, x05, x04 " \
            "and 4 more" in err
+
+
+def test_missing_counts_runs_made_before_an_option_existed_at_its_neutral_value(tmp_path):
+    """The workspace has train.flip_only_last (0); e1 was made before the option existed, e2 sets it to 2."""
+    base = rev("abc1234", 0, (0.80, 0.70, 0.75), "2026-01-03", train={"lr": 0.4, "flip_only_last": 0})
+    old = rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-01")
+    other = rev("e2", 2, (0.81, 0.71, 0.73), "2026-01-02", train={"lr": 0.4, "flip_only_last": 2})
+    src = tmp_path / "exps.json"
+    src.write_text(json.dumps(exp_show(old, other, baseline=base)))
+    run = lambda *a: subprocess.run([sys.executable, "-m", "scripts.seed_table", "--json", str(src), *a],  # noqa: E731
+                                    cwd=ROOT, capture_output=True, text=True)
+    r = run()
+    assert r.returncode == 0 and "Over seeds 0 (n = 1" in r.stdout and "left out 2 run(s)" in r.stderr
+    r = run("--missing", "train.flip_only_last=0")
+    assert r.returncode == 0 and "Over seeds 0, 1 (n = 2" in r.stdout and "left out 1 run(s)" in r.stderr
+    assert "e2" in r.stderr  # a run that set the option keeps its own value
+    r = run("--missing", "train.flip_only_last=1")  # another value than the workspace's: e1 still differs
+    assert "Over seeds 0 (n = 1" in r.stdout
+
+
+def test_with_missing_fills_only_absent_dotted_keys():
+    params = {"seed": 1, "train": {"lr": 0.2}}
+    out = S.with_missing(params, {"train.lr": 0.5, "train.flip_only_last": 0, "model.act": True})
+    assert out == {"seed": 1, "train": {"lr": 0.2, "flip_only_last": 0}, "model": {"act": True}}
+    assert params == {"seed": 1, "train": {"lr": 0.2}}  # the run's own params are not changed
+    assert S.parse_missing(["train.tta=flip", "train.flip_only_last=0", "x=true"]) == {
+        "train.tta": "flip", "train.flip_only_last": 0, "x": True}
+
+
+@pytest.mark.parametrize("bad", ["train.flip_only_last", "=0"])
+def test_cli_rejects_a_bad_missing(tmp_path, bad):
+    src = tmp_path / "exps.json"
+    src.write_text(json.dumps(exp_show()))
+    r = subprocess.run([sys.executable, "-m", "scripts.seed_table", "--json", str(src), "--missing", bad], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--missing takes KEY=VALUE" in r.stderr
