@@ -132,13 +132,18 @@ def test_first_seeds_line_averages_only_the_first_n():
     assert "first" not in S.markdown(summary, [0, 1, 2])
 
 
-@pytest.mark.parametrize("bad", ["1", "-2"])
-def test_cli_rejects_a_bad_first(tmp_path, bad):
+@pytest.mark.parametrize("option, bad, message", [
+    ("--first", "1", "--first must be 0 (off) or a number of seeds >= 2"),
+    ("--first", "-2", "--first must be 0 (off) or a number of seeds >= 2"),
+    ("--missing", "train.flip_only_last", "--missing takes KEY=VALUE"),
+    ("--missing", "=0", "--missing takes KEY=VALUE"),
+])
+def test_cli_rejects_bad_options(tmp_path, option, bad, message):
     src = tmp_path / "exps.json"
     src.write_text(json.dumps(exp_show()))
-    r = subprocess.run([sys.executable, "-m", "scripts.seed_table", "--json", str(src), "--first", bad], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "scripts.seed_table", "--json", str(src), option, bad], cwd=ROOT,
                        capture_output=True, text=True)
-    assert r.returncode == 2 and "--first must be 0 (off) or a number of seeds >= 2" in r.stderr
+    assert r.returncode == 2 and message in r.stderr
 
 
 def test_first_line_survives_a_redraw_from_the_summary(tmp_path):
@@ -204,12 +209,3 @@ def test_with_missing_fills_only_absent_dotted_keys():
     assert params == {"seed": 1, "train": {"lr": 0.2}}  # the run's own params are not changed
     assert S.parse_missing(["train.tta=flip", "train.flip_only_last=0", "x=true"]) == {
         "train.tta": "flip", "train.flip_only_last": 0, "x": True}
-
-
-@pytest.mark.parametrize("bad", ["train.flip_only_last", "=0"])
-def test_cli_rejects_a_bad_missing(tmp_path, bad):
-    src = tmp_path / "exps.json"
-    src.write_text(json.dumps(exp_show()))
-    r = subprocess.run([sys.executable, "-m", "scripts.seed_table", "--json", str(src), "--missing", bad], cwd=ROOT,
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "--missing takes KEY=VALUE" in r.stderr
