@@ -70,13 +70,19 @@ def workspace_params(exp_show: list[dict]) -> dict:
     raise SystemExit("the dvc exp show output has no workspace entry")
 
 
+def parent_of(tree: dict, key: str, create: bool = False) -> tuple[dict, str]:
+    """(the dict that holds the dotted key, its last part): for "train.l1", (tree["train"], "l1"). A missing
+    level is added to tree if `create`, else stands in as a new empty dict (tree is left as it is)."""
+    *parents, last = key.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {}) if create else tree.get(part, {})
+    return tree, last
+
+
 def without(params: dict, key: str) -> dict:
     """A deep copy of params without the dotted key and without `norm` (it only selects what evaluate reports)."""
     out = json.loads(json.dumps({k: v for k, v in params.items() if k != "norm"}))
-    *parents, last = key.split(".")
-    node = out
-    for part in parents:
-        node = node.get(part, {})
+    node, last = parent_of(out, key)
     node.pop(last, None)
     return out
 
@@ -97,10 +103,7 @@ def with_missing(params: dict, missing: dict[str, object]) -> dict:
     params has keep their own value, so a run that set the option differently still differs)."""
     out = json.loads(json.dumps(params))
     for key, value in missing.items():
-        *parents, last = key.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
+        node, last = parent_of(out, key, create=True)
         node.setdefault(last, value)
     return out
 
