@@ -7,7 +7,7 @@ from tests.conftest import ROOT
 README = (ROOT / "README.md").read_text()
 # The project's prose documents: the README and the pages it links to
 DOCS = (ROOT / "README.md", ROOT / "docs" / "recipe.md", ROOT / "benchmarks" / "README.md",
-        ROOT / "benchmarks" / "gpu_h100.md")
+        ROOT / "benchmarks" / "gpu_h100.md", ROOT / "benchmarks" / "gpu_h200.md")
 
 
 def test_readme_results_table_is_the_committed_metrics():
