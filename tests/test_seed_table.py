@@ -30,6 +30,19 @@ def seeds(show):
     return S.by_seed(kept)
 
 
+def saved(tmp_path, show):
+    """`dvc exp show --json` output written to a file, as the CLI's --json reads it."""
+    src = tmp_path / "exps.json"
+    src.write_text(json.dumps(show))
+    return str(src)
+
+
+def cli(*args):
+    """python -m scripts.seed_table ARGS from the repository root."""
+    return subprocess.run([sys.executable, "-m", "scripts.seed_table", *args], cwd=ROOT, capture_output=True,
+                          text=True)
+
+
 def test_mean_and_sample_std_per_norm(tmp_path):
     show = exp_show(rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-02"), rev("e2", 2, (0.81, 0.68, 0.76), "2026-01-03"),
                     rev("e3", 2, (0.50, 0.50, 0.50), "2026-01-01"))  # older run of seed 2: replaced by e2
@@ -48,10 +61,7 @@ def test_runs_of_another_recipe_are_left_out_and_named(tmp_path):
     show = exp_show(rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-02", train={"lr": 0.2}),  # e.g. an L1 sweep
                     rev("e2", 2, (0.81, 0.71, 0.73), "2026-01-03"))
     assert list(seeds(show)) == [0, 2]
-    src = tmp_path / "exps.json"
-    src.write_text(json.dumps(show))
-    r = subprocess.run([sys.executable, "-m", "scripts.seed_table", "--json", str(src)], cwd=ROOT,
-                       capture_output=True, text=True)
+    r = cli("--json", saved(tmp_path, show))
     assert r.returncode == 0 and "left out 1 run(s) of another recipe than params.yaml: e1" in r.stderr
     assert "Over seeds 0, 2" in r.stdout
 
@@ -63,11 +73,9 @@ def test_unfinished_runs_are_skipped():
 
 
 def test_cli_writes_markdown_and_json(tmp_path):
-    src = tmp_path / "exps.json"
-    src.write_text(json.dumps(exp_show(rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-02"))))
+    src = saved(tmp_path, exp_show(rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-02")))
     out = tmp_path / "seeds.md"
-    r = subprocess.run([sys.executable, "-m", "scripts.seed_table", "--json", str(src), "--out", str(out)],
-                       cwd=ROOT, capture_output=True, text=True)
+    r = cli("--json", src, "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "| bn | 81.00 ± 1.41 % |" in out.read_text()
     assert json.loads(out.with_suffix(".json").read_text())["seeds"] == [0, 1]
@@ -81,14 +89,11 @@ def test_failed_experiments_are_not_counted():
 
 
 def test_summary_redraws_table_and_plot_without_experiments(tmp_path):
-    src = tmp_path / "exps.json"
-    src.write_text(json.dumps(exp_show(rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-02"))))
+    src = saved(tmp_path, exp_show(rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-02")))
     out = tmp_path / "seeds.md"
-    run = lambda *a: subprocess.run([sys.executable, "-m", "scripts.seed_table", *a], cwd=ROOT,  # noqa: E731
-                                    capture_output=True, text=True)
-    assert run("--json", str(src), "--out", str(out)).returncode == 0
+    assert cli("--json", src, "--out", str(out)).returncode == 0
     again, png = tmp_path / "again.md", tmp_path / "seeds.png"
-    r = run("--summary", str(out.with_suffix(".json")), "--out", str(again), "--png", str(png))
+    r = cli("--summary", str(out.with_suffix(".json")), "--out", str(again), "--png", str(png))
     assert r.returncode == 0, r.stderr
     assert again.read_text() == out.read_text()
     assert png.stat().st_size > 10_000
@@ -139,23 +144,17 @@ def test_first_seeds_line_averages_only_the_first_n():
     ("--missing", "=0", "--missing takes KEY=VALUE"),
 ])
 def test_cli_rejects_bad_options(tmp_path, option, bad, message):
-    src = tmp_path / "exps.json"
-    src.write_text(json.dumps(exp_show()))
-    r = subprocess.run([sys.executable, "-m", "scripts.seed_table", "--json", str(src), option, bad], cwd=ROOT,
-                       capture_output=True, text=True)
+    r = cli("--json", saved(tmp_path, exp_show()), option, bad)
     assert r.returncode == 2 and message in r.stderr
 
 
 def test_first_line_survives_a_redraw_from_the_summary(tmp_path):
-    src = tmp_path / "exps.json"
-    src.write_text(json.dumps(exp_show(rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-02"),
-                                       rev("e2", 2, (0.90, 0.60, 0.76), "2026-01-03"))))
+    src = saved(tmp_path, exp_show(rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-02"),
+                                   rev("e2", 2, (0.90, 0.60, 0.76), "2026-01-03")))
     out, again = tmp_path / "seeds.md", tmp_path / "again.md"
-    run = lambda *a: subprocess.run([sys.executable, "-m", "scripts.seed_table", *a], cwd=ROOT,  # noqa: E731
-                                    capture_output=True, text=True)
-    assert run("--json", str(src), "--out", str(out), "--first", "2").returncode == 0
+    assert cli("--json", src, "--out", str(out), "--first", "2").returncode == 0
     assert "The first 2 seeds alone (0, 1)" in out.read_text()
-    assert run("--summary", str(out.with_suffix(".json")), "--out", str(again)).returncode == 0
+    assert cli("--summary", str(out.with_suffix(".json")), "--out", str(again)).returncode == 0
     assert again.read_text() == out.read_text()
 
 
@@ -189,16 +188,13 @@ def test_missing_counts_runs_made_before_an_option_existed_at_its_neutral_value(
     base = rev("abc1234", 0, (0.80, 0.70, 0.75), "2026-01-03", train={"lr": 0.4, "flip_only_last": 0})
     old = rev("e1", 1, (0.82, 0.72, 0.74), "2026-01-01")
     other = rev("e2", 2, (0.81, 0.71, 0.73), "2026-01-02", train={"lr": 0.4, "flip_only_last": 2})
-    src = tmp_path / "exps.json"
-    src.write_text(json.dumps(exp_show(old, other, baseline=base)))
-    run = lambda *a: subprocess.run([sys.executable, "-m", "scripts.seed_table", "--json", str(src), *a],  # noqa: E731
-                                    cwd=ROOT, capture_output=True, text=True)
-    r = run()
+    src = saved(tmp_path, exp_show(old, other, baseline=base))
+    r = cli("--json", src)
     assert r.returncode == 0 and "Over seeds 0 (n = 1" in r.stdout and "left out 2 run(s)" in r.stderr
-    r = run("--missing", "train.flip_only_last=0")
+    r = cli("--json", src, "--missing", "train.flip_only_last=0")
     assert r.returncode == 0 and "Over seeds 0, 1 (n = 2" in r.stdout and "left out 1 run(s)" in r.stderr
     assert "e2" in r.stderr  # a run that set the option keeps its own value
-    r = run("--missing", "train.flip_only_last=1")  # another value than the workspace's: e1 still differs
+    r = cli("--json", src, "--missing", "train.flip_only_last=1")  # another value than the workspace's: e1 still differs
     assert "Over seeds 0 (n = 1" in r.stdout
 
 
