@@ -1,13 +1,24 @@
 """The README reports the committed results, and its commands are the ones CI runs."""
+import json
 import re
+import statistics
 
 from scripts.results_table import table
+from scripts.seed_table import percent
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
+SEEDS = json.loads((ROOT / "metrics" / "seeds.json").read_text())  # the committed seed table's summary
+
 # The project's prose documents: the README and the pages it links to
 DOCS = (ROOT / "README.md", ROOT / "docs" / "recipe.md", ROOT / "benchmarks" / "README.md",
         ROOT / "benchmarks" / "gpu_h100.md", ROOT / "benchmarks" / "gpu_h200.md")
+
+
+def first_three_mean(norm: str) -> str:
+    """The test-accuracy mean of seeds 0-2 (the headline targets' measure) in percent, as the README prints it."""
+    assert SEEDS["seeds"][:3] == [0, 1, 2]
+    return f"{100 * statistics.fmean(SEEDS[norm]['test_acc']['values'][:3]):.2f}"
 
 
 def test_readme_results_table_is_the_committed_metrics():
@@ -34,18 +45,12 @@ def test_committed_batch_size_table_is_rendered_from_the_committed_runs():
 def test_readme_summary_quotes_the_committed_seed_means():
     """The 'In short' list's seed means are metrics/seeds.json's, to the printed digit: every seed's, and
     the first three seeds' (the targets' measure)."""
-    import json
-    import statistics
-    summary = json.loads((ROOT / "metrics" / "seeds.json").read_text())
     short = " ".join(README.split("**In short**", 1)[1].split("\n\n", 1)[0].split())
     for norm in ("bn", "gn", "ln"):
-        acc = summary[norm]["test_acc"]
-        quoted = f"{norm.upper()} {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} %"
+        quoted = f"{norm.upper()} {percent(SEEDS[norm]['test_acc'])}"
         assert quoted in short, quoted
-    first3 = {norm: f"{100 * statistics.fmean(summary[norm]['test_acc']['values'][:3]):.2f}"
-              for norm in ("bn", "gn", "ln")}
-    assert f"means of seeds 0-2: {first3['gn']} and {first3['ln']} %" in short
-    assert f"BN's mean over the same seeds, {first3['bn']} %" in short
+    assert f"means of seeds 0-2: {first_three_mean('gn')} and {first_three_mean('ln')} %" in short
+    assert f"BN's mean over the same seeds, {first_three_mean('bn')} %" in short
 
 
 def test_relative_links_in_the_docs_point_to_files_that_exist():
@@ -72,10 +77,5 @@ def test_every_table_ends_before_the_text_that_follows():
 
 def test_readme_targets_quote_the_first_three_seeds():
     """The targets are 3-seed means: the table's accuracy rows quote seeds 0-2 of metrics/seeds.json."""
-    import json
-    import statistics
-    summary = json.loads((ROOT / "metrics" / "seeds.json").read_text())
-    assert summary["seeds"][:3] == [0, 1, 2]
     for norm, target in (("bn", 85), ("gn", 83), ("ln", 82)):
-        mean = statistics.fmean(summary[norm]["test_acc"]["values"][:3])
-        assert f"| {norm.upper()} >= {target} % (mean of 3 seeds) | {100 * mean:.2f} % (" in README, norm
+        assert f"| {norm.upper()} >= {target} % (mean of 3 seeds) | {first_three_mean(norm)} % (" in README, norm
