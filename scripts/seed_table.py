@@ -147,13 +147,17 @@ def paired_differences(summary: dict, confidence: float = CONFIDENCE) -> dict:
     degrees of freedom; None for one seed). Paired, because one seed gives every norm the same initial
     weights, batches and augmentations (a test checks it), so whatever seed-to-seed variation the norms
     share cancels. (After 20 epochs little is shared: the differences vary about as much as the accuracies.)"""
-    out = {}
-    for a, b in PAIRS:
-        d = spread([x - y for x, y in zip(summary[a]["test_acc"]["values"], summary[b]["test_acc"]["values"])])
-        n = len(d["values"])
-        half = stats.t.ppf(0.5 + confidence / 2, n - 1) * d["std"] / n ** 0.5 if n > 1 else None
-        out[(a, b)] = {**d, "ci": None if half is None else (d["mean"] - half, d["mean"] + half)}
-    return out
+    return {(a, b): with_interval(spread([x - y for x, y in zip(summary[a]["test_acc"]["values"],
+                                                               summary[b]["test_acc"]["values"])]), confidence)
+            for a, b in PAIRS}
+
+
+def with_interval(d: dict, confidence: float = CONFIDENCE) -> dict:
+    """A spread of paired differences plus "ci": the `confidence` interval of their mean by Student's t with
+    n - 1 degrees of freedom (None for one value)."""
+    n = len(d["values"])
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * d["std"] / n ** 0.5 if n > 1 else None
+    return {**d, "ci": None if half is None else (d["mean"] - half, d["mean"] + half)}
 
 
 def paired_markdown(summary: dict, confidence: float = CONFIDENCE) -> str:

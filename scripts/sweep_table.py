@@ -8,6 +8,16 @@ It reads `dvc exp show -A --json` (every commit and its experiments; or a saved 
 the finished runs whose params equal the workspace's params.yaml except for the swept key (and the
 reporting-only `norm`); per value of the key, the newest such run. Each run's per-epoch log is read from its
 git commit.
+
+With --seeds, each value is run on several seeds and the table gives mean ± std per value and the paired
+difference against params.yaml's own value (the same seed: the same initial weights and batches). The GN
+groups study:
+
+    dvc exp run --queue train_gn -S model.gn_groups=1,4,8,16 -S seed=0,1,2 && dvc queue start
+    python -m scripts.sweep_table model.gn_groups --norm gn --seeds 0,1,2 --out metrics/gn_groups.md \
+        --png plots/gn_groups.png --missing train.muon_warmup=0.1 --missing train.flip_only_last=0
+
+(params.yaml's value, 2 groups, comes from the seed runs; --missing as in scripts.seed_table.)
 """
 from __future__ import annotations
 
@@ -19,11 +29,12 @@ from typing import Callable
 
 import numpy as np
 
-from scripts.seed_table import runs_from_exp_show, without, workspace_params
+from scripts.seed_table import (parse_missing, percent, runs_from_exp_show, spread, with_interval,
+                                with_missing, without, workspace_params)
 from stages import paths
 from stages.io import write_text
 from stages.model import NORMS
-from stages.plot import parse_log, save_figure
+from stages.plot import COLORS, parse_log, save_figure
 
 import matplotlib.pyplot as plt  # noqa: E402  (after stages.plot, which selects the file-only Agg backend)
 
@@ -77,6 +88,78 @@ def figure(chosen: dict, key: str, norm: str, read_log: Callable[[str], dict[str
     return fig
 
 
+def sweep_seeds(runs: list[dict], recipe: dict, key: str, seeds: list[int]) -> dict:
+    """{value of key: {seed: newest run}} over `seeds`, among the runs equal to `recipe` in everything but the
+    key and the seed."""
+    base = without(without(recipe, key), "seed")
+    chosen: dict = {}
+    for run in sorted(runs, key=lambda r: r["timestamp"]):
+        value, seed = get(run["params"], key), run["params"].get("seed")
+        if without(without(run["params"], key), "seed") == base and value is not None and seed in seeds:
+            chosen.setdefault(value, {})[seed] = run
+    return {value: dict(sorted(chosen[value].items())) for value in sorted(chosen)}
+
+
+def acc(run: dict, norm: str, metric: str = "test_acc") -> float:
+    return run["metrics"][str(paths.train_metrics(norm))][metric]
+
+
+def seeds_markdown(chosen: dict, key: str, norm: str, base_value) -> str:
+    """Mean ± std per value over its seeds, and the paired difference against base_value (params.yaml's)."""
+    base = chosen.get(base_value, {})
+    lines = [f"`{key}` varied, everything else as in params.yaml (`{key}: {base_value}`); {norm} model; ± is the "
+             f"sample standard deviation over the seeds. Paired: the difference in points against {base_value} on "
+             f"the same seed (the same initial weights and batches), its mean and 95 % interval (Student's t). "
+             f"s / epoch: the runs' mean (it measures the host's speed too, which drifts during a day).", "",
+             f"| `{key}` | seeds | test accuracy | per seed | paired against {base_value} | train accuracy | "
+             f"s / epoch |", "|---|---|---|---|---|---|---|"]
+    for value, runs in chosen.items():
+        test = spread([acc(r, norm) for r in runs.values()])
+        shared = [s for s in runs if s in base]
+        diff = "-" if value == base_value or len(shared) < 2 else paired_cell(
+            [acc(runs[s], norm) - acc(base[s], norm) for s in shared])
+        lines.append(f"| {value} | {', '.join(map(str, runs))} | {percent(test)} | "
+                     f"{', '.join(f'{100 * v:.2f}' for v in test['values'])} | {diff} | "
+                     f"{percent(spread([acc(r, norm, 'train_acc') for r in runs.values()]))} | "
+                     f"{spread([acc(r, norm, 'seconds_per_epoch') for r in runs.values()])['mean']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_cell(diffs: list[float]) -> str:
+    """"+0.12 (-0.30 to +0.54)": mean paired difference in points and its 95 % interval."""
+    d = with_interval(spread(diffs))
+    lo, hi = d["ci"]
+    return f"{100 * d['mean']:+.2f} ({100 * lo:+.2f} to {100 * hi:+.2f})"
+
+
+def seeds_figure(chosen: dict, key: str, norm: str, base_value):
+    """Test accuracy per value: mean ± std bar (params.yaml's value darker) and one dot per seed."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
+    for i, (value, runs) in enumerate(chosen.items()):
+        test = [100 * acc(r, norm) for r in runs.values()]
+        s = spread(test)
+        ax.bar(i, s["mean"], yerr=s["std"], capsize=6, color=COLORS[norm], alpha=0.9 if value == base_value else 0.4)
+        ax.scatter([i] * len(test), test, color="black", s=14, zorder=3)
+        ax.annotate(f"{s['mean']:.2f}", (i, s["mean"] + s["std"]), textcoords="offset points", xytext=(0, 5),
+                    ha="center", fontsize=9)
+    every = [100 * acc(r, norm) for runs in chosen.values() for r in runs.values()]
+    ax.set_ylim(min(every) - 1, max(every) + 0.6)
+    ax.set_xticks(range(len(chosen)), [str(v) for v in chosen])
+    ax.set(xlabel=f"{key} (params.yaml: {base_value}, darker)", ylabel="test accuracy (%)",
+           title=f"{norm.upper()}: test accuracy by {key}, mean ± std, dots are seeds")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def parse_seeds(text: str) -> list[int]:
+    """[0, 1, 2] from "0,1,2"; ValueError for anything else."""
+    parts = [part.strip() for part in text.split(",")]
+    seeds = [int(part) for part in parts if part.isdigit()]  # isdigit: no sign, so no negative seeds
+    if len(seeds) != len(parts) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds takes distinct seeds >= 0, comma-separated, e.g. 0,1,2; got {text!r}")
+    return seeds
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("key", help="dotted params.yaml key, e.g. train.l1")
@@ -84,14 +167,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", help="a saved `dvc exp show -A --json`; default: run it here")
     ap.add_argument("--out", help="also write the markdown table here")
     ap.add_argument("--png", help="also draw the runs' test accuracy per epoch here (reads their git commits)")
+    ap.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2: mean ± std per value over them")
+    ap.add_argument("--missing", action="append", default=[], metavar="KEY=VALUE",
+                    help="count runs that lack the params.yaml key KEY as having VALUE (see scripts.seed_table)")
     args = ap.parse_args(argv)
+    try:
+        missing, seeds = parse_missing(args.missing), args.seeds and parse_seeds(args.seeds)
+    except ValueError as e:
+        ap.error(str(e))
     text = Path(args.json).read_text() if args.json else subprocess.run(
         ["dvc", "exp", "show", "-A", "--json"], capture_output=True, text=True, check=True).stdout
     exp_show = json.loads(text)
     recipe = workspace_params(exp_show)
     if get(recipe, args.key) is None:
         ap.error(f"{args.key} is not a key of params.yaml")
-    chosen = sweep(runs_from_exp_show(exp_show), recipe, args.key)
+    runs = [{**r, "params": with_missing(r["params"], missing)} for r in runs_from_exp_show(exp_show)]
+    if seeds:
+        return seeds_main(runs, recipe, args, seeds)
+    chosen = sweep(runs, recipe, args.key)
     if len(chosen) < 2:
         raise SystemExit(f"found runs for {len(chosen)} value(s) of {args.key}; run e.g. "
                          f"`dvc exp run train_{args.norm} -S {args.key}=<value>` first")
@@ -101,6 +194,20 @@ def main(argv: list[str] | None = None) -> None:
         write_text(Path(args.out), table)
     if args.png:
         save_figure(figure(chosen, args.key, args.norm, git_log_reader(args.norm)), Path(args.png))
+
+
+def seeds_main(runs: list[dict], recipe: dict, args: argparse.Namespace, seeds: list[int]) -> None:
+    chosen = sweep_seeds(runs, recipe, args.key, seeds)
+    if len(chosen) < 2:
+        raise SystemExit(f"found runs for {len(chosen)} value(s) of {args.key} on seeds {args.seeds}; run e.g. "
+                         f"`dvc exp run --queue train_{args.norm} -S {args.key}=<value> -S seed={args.seeds}` first")
+    base_value = get(recipe, args.key)
+    table = seeds_markdown(chosen, args.key, args.norm, base_value)
+    print(table, end="")
+    if args.out:
+        write_text(Path(args.out), table)
+    if args.png:
+        save_figure(seeds_figure(chosen, args.key, args.norm, base_value), Path(args.png))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+from matplotlib.collections import PathCollection
 
 from scripts import sweep_table as W
 from tests.conftest import ROOT
@@ -69,3 +70,71 @@ def test_cli_writes_the_table_and_refuses_a_sweep_of_one_value(tmp_path):
 @pytest.mark.parametrize("key, value", [("train.l1", 0.0), ("seed", 0), ("train.missing", None)])
 def test_get_reads_dotted_keys(key, value):
     assert W.get(RECIPE, key) == value
+
+
+def seeded(name, acc, ts, seed, groups, error=None, **model):
+    """A run of the GN groups study: model.gn_groups = groups on `seed` (train_gn's metrics carry acc)."""
+    r = rev(name, acc, ts, error)
+    params = r["data"]["params"]["params.yaml"]["data"]
+    params.update(seed=seed, model={"gn_groups": groups, **model})
+    for m in r["data"]["metrics"].values():
+        m["data"]["seconds_per_epoch"] = 8.0
+    return r
+
+
+def groups_show():
+    runs = [seeded(f"g{g}s{s}", 0.80 + 0.01 * g + 0.001 * s, "2026-01-02", s, g) for g in (1, 2, 4) for s in (0, 1, 2)]
+    runs += [seeded("old", 0.10, "2026-01-01", 0, 4),                    # older run of the same seed: replaced
+             seeded("s3", 0.99, "2026-01-03", 3, 4),                     # a seed not asked for
+             seeded("wide", 0.99, "2026-01-03", 1, 4, widths=[32]),      # another recipe
+             seeded("fail", 0.99, "2026-01-03", 2, 8, {"msg": "failed"})]  # not a result
+    base = seeded("base", 0.80, "2026-01-01", 0, 2)
+    return [{"rev": "workspace", "data": base["data"]}, {**base, "experiments": [{"revs": [e]} for e in runs]}]
+
+
+def test_sweep_seeds_keeps_the_newest_run_per_value_and_asked_seed_of_the_same_recipe():
+    exp = groups_show()
+    chosen = W.sweep_seeds(W.runs_from_exp_show(exp), W.workspace_params(exp), "model.gn_groups", [0, 1, 2])
+    assert {v: {s: r["name"] for s, r in runs.items()} for v, runs in chosen.items()} == {
+        g: {s: f"g{g}s{s}" for s in (0, 1, 2)} for g in (1, 2, 4)}
+
+
+def test_seeds_markdown_gives_mean_std_and_the_paired_difference_against_the_recipe_value():
+    exp = groups_show()
+    chosen = W.sweep_seeds(W.runs_from_exp_show(exp), W.workspace_params(exp), "model.gn_groups", [0, 1, 2])
+    chosen[4][1]["metrics"]["metrics/train_gn.json"]["test_acc"] = 0.845  # g4 seeds: 0.840, 0.845, 0.842
+    md = W.seeds_markdown(chosen, "model.gn_groups", "gn", 2)
+    # against 2 groups (0.820, 0.821, 0.822): +2.00, +2.40, +2.00 points, mean +2.13, t(2) interval +1.56 to +2.71
+    assert "| 4 | 0, 1, 2 | 84.23 ± 0.25 % | 84.00, 84.50, 84.20 | +2.13 (+1.56 to +2.71) |" in md
+    assert "| 2 | 0, 1, 2 | 82.10 ± 0.10 % | 82.00, 82.10, 82.20 | - |" in md
+    one = {2: chosen[2], 4: {0: chosen[4][0]}}  # a single shared seed: no interval
+    assert "| 4 | 0 | 84.00 ± 0.00 % | 84.00 | - |" in W.seeds_markdown(one, "model.gn_groups", "gn", 2)
+
+
+def test_seeds_figure_draws_one_bar_and_one_dot_per_seed_for_each_value():
+    exp = groups_show()
+    chosen = W.sweep_seeds(W.runs_from_exp_show(exp), W.workspace_params(exp), "model.gn_groups", [0, 1])
+    ax = W.seeds_figure(chosen, "model.gn_groups", "gn", 2).axes[0]
+    dots = [c for c in ax.collections if isinstance(c, PathCollection)]  # the error bars are collections too
+    assert len(ax.patches) == 3 and [len(c.get_offsets()) for c in dots] == [2, 2, 2]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4"]
+
+
+def test_cli_seeds_mode_counts_missing_options_and_rejects_bad_seeds(tmp_path):
+    exp = groups_show()
+    for e in exp[1]["experiments"]:  # runs made before an option existed lack it; --missing fills it in
+        e["revs"][0]["data"]["params"]["params.yaml"]["data"]["train"].pop("l1")
+    src, out, png = tmp_path / "exps.json", tmp_path / "groups.md", tmp_path / "groups.png"
+    src.write_text(json.dumps(exp))
+    run = lambda *a: subprocess.run([sys.executable, "-m", "scripts.sweep_table", "model.gn_groups", "--norm", "gn",  # noqa: E731
+                                     *a, "--json", str(src)], cwd=ROOT, capture_output=True, text=True)
+    r = run("--seeds", "0,1,2")
+    assert r.returncode == 1 and "found runs for 1 value(s) of model.gn_groups on seeds 0,1,2" in r.stderr
+    r = run("--seeds", "0,1,2", "--missing", "train.l1=0.0", "--out", str(out), "--png", str(png))
+    assert r.returncode == 0, r.stderr
+    assert out.read_text().count("\n| ") == 4 and png.stat().st_size > 0  # header + 3 values
+    for bad in ("0,0", "a,1", "-1"):
+        r = run("--seeds", bad)
+        assert r.returncode == 2 and "--seeds takes distinct seeds >= 0" in r.stderr, (bad, r.stderr)
+    r = run("--seeds", "0", "--missing", "nokey")
+    assert r.returncode == 2 and "--missing takes KEY=VALUE" in r.stderr
