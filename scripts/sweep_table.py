@@ -34,7 +34,7 @@ from scripts.seed_table import (parse_missing, percent, runs_from_exp_show, spre
 from stages import paths
 from stages.io import write_text
 from stages.model import NORMS
-from stages.plot import COLORS, parse_log, save_figure
+from stages.plot import COLORS, LABELS, parse_log, save_figure
 
 import matplotlib.pyplot as plt  # noqa: E402  (after stages.plot, which selects the file-only Agg backend)
 
@@ -104,24 +104,26 @@ def acc(run: dict, norm: str, metric: str = "test_acc") -> float:
     return run["metrics"][str(paths.train_metrics(norm))][metric]
 
 
-def seeds_markdown(chosen: dict, key: str, norm: str, base_value) -> str:
-    """Mean ± std per value over its seeds, and the paired difference against base_value (params.yaml's)."""
+def seeds_markdown(chosen: dict, key: str, norms: list[str], base_value) -> str:
+    """Per value and norm: mean ± std over the seeds, and the paired difference against base_value
+    (params.yaml's value) of the same norm."""
     base = chosen.get(base_value, {})
-    lines = [f"`{key}` varied, everything else as in params.yaml (`{key}: {base_value}`); {norm} model; ± is the "
-             f"sample standard deviation over the seeds. Paired: the difference in points against {base_value} on "
-             f"the same seed (the same initial weights and batches), its mean and 95 % interval (Student's t). "
+    lines = [f"`{key}` varied, everything else as in params.yaml (`{key}: {base_value}`); ± is the sample "
+             f"standard deviation over the seeds. Paired: the difference in points against {base_value} for the same "
+             f"norm and seed (the same initial weights and batches), its mean and 95 % interval (Student's t). "
              f"s / epoch: the runs' mean (it measures the host's speed too, which drifts during a day).", "",
-             f"| `{key}` | seeds | test accuracy | per seed | paired against {base_value} | train accuracy | "
-             f"s / epoch |", "|---|---|---|---|---|---|---|"]
+             f"| `{key}` | norm | seeds | test accuracy | per seed | paired against {base_value} | train accuracy | "
+             f"s / epoch |", "|---|---|---|---|---|---|---|---|"]
     for value, runs in chosen.items():
-        test = spread([acc(r, norm) for r in runs.values()])
         shared = [s for s in runs if s in base]
-        diff = "-" if value == base_value or len(shared) < 2 else paired_cell(
-            [acc(runs[s], norm) - acc(base[s], norm) for s in shared])
-        lines.append(f"| {value} | {', '.join(map(str, runs))} | {percent(test)} | "
-                     f"{', '.join(f'{100 * v:.2f}' for v in test['values'])} | {diff} | "
-                     f"{percent(spread([acc(r, norm, 'train_acc') for r in runs.values()]))} | "
-                     f"{spread([acc(r, norm, 'seconds_per_epoch') for r in runs.values()])['mean']:.1f} |")
+        for norm in norms:
+            test = spread([acc(r, norm) for r in runs.values()])
+            diff = "-" if value == base_value or len(shared) < 2 else paired_cell(
+                [acc(runs[s], norm) - acc(base[s], norm) for s in shared])
+            lines.append(f"| {value} | {norm} | {', '.join(map(str, runs))} | {percent(test)} | "
+                         f"{', '.join(f'{100 * v:.2f}' for v in test['values'])} | {diff} | "
+                         f"{percent(spread([acc(r, norm, 'train_acc') for r in runs.values()]))} | "
+                         f"{spread([acc(r, norm, 'seconds_per_epoch') for r in runs.values()])['mean']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -132,23 +134,39 @@ def paired_cell(diffs: list[float]) -> str:
     return f"{100 * d['mean']:+.2f} ({100 * lo:+.2f} to {100 * hi:+.2f})"
 
 
-def seeds_figure(chosen: dict, key: str, norm: str, base_value):
-    """Test accuracy per value: mean ± std bar (params.yaml's value darker) and one dot per seed."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
+def seeds_figure(chosen: dict, key: str, norms: list[str], base_value):
+    """Test accuracy per value (and norm, side by side): mean ± std bar, params.yaml's value darker, one dot per
+    seed."""
+    fig, ax = plt.subplots(figsize=(6.4 + 0.8 * (len(norms) - 1), 4.2), constrained_layout=True)
+    width = 0.8 / len(norms)
     for i, (value, runs) in enumerate(chosen.items()):
-        test = [100 * acc(r, norm) for r in runs.values()]
-        s = spread(test)
-        ax.bar(i, s["mean"], yerr=s["std"], capsize=6, color=COLORS[norm], alpha=0.9 if value == base_value else 0.4)
-        ax.scatter([i] * len(test), test, color="black", s=14, zorder=3)
-        ax.annotate(f"{s['mean']:.2f}", (i, s["mean"] + s["std"]), textcoords="offset points", xytext=(0, 5),
-                    ha="center", fontsize=9)
-    every = [100 * acc(r, norm) for runs in chosen.values() for r in runs.values()]
+        for j, norm in enumerate(norms):
+            x, test = i + (j - (len(norms) - 1) / 2) * width, [100 * acc(r, norm) for r in runs.values()]
+            s = spread(test)
+            ax.bar(x, s["mean"], width * 0.9, yerr=s["std"], capsize=4, color=COLORS[norm],
+                   alpha=0.9 if value == base_value else 0.4, label=LABELS[norm] if i == 0 else None)
+            ax.scatter([x] * len(test), test, color="black", s=12, zorder=3)
+            ax.annotate(f"{s['mean']:.2f}", (x, s["mean"] + s["std"]), textcoords="offset points", xytext=(0, 4),
+                        ha="center", fontsize=8 if len(norms) > 1 else 9)
+    every = [100 * acc(r, norm) for runs in chosen.values() for r in runs.values() for norm in norms]
     ax.set_ylim(min(every) - 1, max(every) + 0.6)
     ax.set_xticks(range(len(chosen)), [str(v) for v in chosen])
+    who = norms[0].upper() if len(norms) == 1 else "/".join(n.upper() for n in norms)
     ax.set(xlabel=f"{key} (params.yaml: {base_value}, darker)", ylabel="test accuracy (%)",
-           title=f"{norm.upper()}: test accuracy by {key}, mean ± std, dots are seeds")
+           title=f"{who}: test accuracy by {key}, mean ± std, dots are seeds")
+    if len(norms) > 1:
+        ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="y", alpha=0.3)
     return fig
+
+
+def parse_norms(text: str, several: bool) -> list[str]:
+    """["bn", "gn"] from "bn,gn"; ValueError for an unknown norm, a repeat, or several without `several`."""
+    norms = [part.strip() for part in text.split(",")]
+    if not set(norms) <= set(NORMS) or len(set(norms)) != len(norms) or (len(norms) > 1 and not several):
+        raise ValueError(f"--norm takes one of {', '.join(NORMS)} (with --seeds, several, comma-separated); "
+                         f"got {text!r}")
+    return norms
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -163,7 +181,7 @@ def parse_seeds(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("key", help="dotted params.yaml key, e.g. train.l1")
-    ap.add_argument("--norm", choices=NORMS, default="bn")
+    ap.add_argument("--norm", default="bn", help="bn, gn or ln; with --seeds also several, e.g. bn,gn,ln")
     ap.add_argument("--json", help="a saved `dvc exp show -A --json`; default: run it here")
     ap.add_argument("--out", help="also write the markdown table here")
     ap.add_argument("--png", help="also draw the runs' test accuracy per epoch here (reads their git commits)")
@@ -173,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     try:
         missing, seeds = parse_missing(args.missing), args.seeds and parse_seeds(args.seeds)
+        norms = parse_norms(args.norm, several=bool(seeds))
     except ValueError as e:
         ap.error(str(e))
     text = Path(args.json).read_text() if args.json else subprocess.run(
@@ -183,31 +202,31 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"{args.key} is not a key of params.yaml")
     runs = [{**r, "params": with_missing(r["params"], missing)} for r in runs_from_exp_show(exp_show)]
     if seeds:
-        return seeds_main(runs, recipe, args, seeds)
-    chosen = sweep(runs, recipe, args.key)
+        return seeds_main(runs, recipe, args, seeds, norms)
+    norm, chosen = norms[0], sweep(runs, recipe, args.key)
     if len(chosen) < 2:
         raise SystemExit(f"found runs for {len(chosen)} value(s) of {args.key}; run e.g. "
-                         f"`dvc exp run train_{args.norm} -S {args.key}=<value>` first")
-    table = markdown(chosen, args.key, args.norm)
+                         f"`dvc exp run train_{norm} -S {args.key}=<value>` first")
+    table = markdown(chosen, args.key, norm)
     print(table, end="")
     if args.out:
         write_text(Path(args.out), table)
     if args.png:
-        save_figure(figure(chosen, args.key, args.norm, git_log_reader(args.norm)), Path(args.png))
+        save_figure(figure(chosen, args.key, norm, git_log_reader(norm)), Path(args.png))
 
 
-def seeds_main(runs: list[dict], recipe: dict, args: argparse.Namespace, seeds: list[int]) -> None:
+def seeds_main(runs: list[dict], recipe: dict, args: argparse.Namespace, seeds: list[int], norms: list[str]) -> None:
     chosen = sweep_seeds(runs, recipe, args.key, seeds)
     if len(chosen) < 2:
         raise SystemExit(f"found runs for {len(chosen)} value(s) of {args.key} on seeds {args.seeds}; run e.g. "
-                         f"`dvc exp run --queue train_{args.norm} -S {args.key}=<value> -S seed={args.seeds}` first")
+                         f"`dvc exp run --queue -S {args.key}=<value> -S seed={args.seeds}` first")
     base_value = get(recipe, args.key)
-    table = seeds_markdown(chosen, args.key, args.norm, base_value)
+    table = seeds_markdown(chosen, args.key, norms, base_value)
     print(table, end="")
     if args.out:
         write_text(Path(args.out), table)
     if args.png:
-        save_figure(seeds_figure(chosen, args.key, args.norm, base_value), Path(args.png))
+        save_figure(seeds_figure(chosen, args.key, norms, base_value), Path(args.png))
 
 
 if __name__ == "__main__":

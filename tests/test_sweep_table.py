@@ -103,21 +103,27 @@ def test_seeds_markdown_gives_mean_std_and_the_paired_difference_against_the_rec
     exp = groups_show()
     chosen = W.sweep_seeds(W.runs_from_exp_show(exp), W.workspace_params(exp), "model.gn_groups", [0, 1, 2])
     chosen[4][1]["metrics"]["metrics/train_gn.json"]["test_acc"] = 0.845  # g4 seeds: 0.840, 0.845, 0.842
-    md = W.seeds_markdown(chosen, "model.gn_groups", "gn", 2)
+    md = W.seeds_markdown(chosen, "model.gn_groups", ["gn"], 2)
     # against 2 groups (0.820, 0.821, 0.822): +2.00, +2.40, +2.00 points, mean +2.13, t(2) interval +1.56 to +2.71
-    assert "| 4 | 0, 1, 2 | 84.23 ± 0.25 % | 84.00, 84.50, 84.20 | +2.13 (+1.56 to +2.71) |" in md
-    assert "| 2 | 0, 1, 2 | 82.10 ± 0.10 % | 82.00, 82.10, 82.20 | - |" in md
+    assert "| 4 | gn | 0, 1, 2 | 84.23 ± 0.25 % | 84.00, 84.50, 84.20 | +2.13 (+1.56 to +2.71) |" in md
+    assert "| 2 | gn | 0, 1, 2 | 82.10 ± 0.10 % | 82.00, 82.10, 82.20 | - |" in md
+    assert md.count("\n| ") == 4  # header + one row per value
     one = {2: chosen[2], 4: {0: chosen[4][0]}}  # a single shared seed: no interval
-    assert "| 4 | 0 | 84.00 ± 0.00 % | 84.00 | - |" in W.seeds_markdown(one, "model.gn_groups", "gn", 2)
+    assert "| 4 | gn | 0 | 84.00 ± 0.00 % | 84.00 | - |" in W.seeds_markdown(one, "model.gn_groups", ["gn"], 2)
+    # several norms: one row per value and norm, each paired against its own norm (bn untouched: +2.00 flat)
+    md = W.seeds_markdown(chosen, "model.gn_groups", ["bn", "gn"], 2)
+    assert md.count("\n| ") == 7 and "| 4 | bn | 0, 1, 2 | 84.10 ± 0.10 % | 84.00, 84.10, 84.20 | +2.00 (+2.00 to +2.00) |" in md
 
 
 def test_seeds_figure_draws_one_bar_and_one_dot_per_seed_for_each_value():
     exp = groups_show()
     chosen = W.sweep_seeds(W.runs_from_exp_show(exp), W.workspace_params(exp), "model.gn_groups", [0, 1])
-    ax = W.seeds_figure(chosen, "model.gn_groups", "gn", 2).axes[0]
-    dots = [c for c in ax.collections if isinstance(c, PathCollection)]  # the error bars are collections too
-    assert len(ax.patches) == 3 and [len(c.get_offsets()) for c in dots] == [2, 2, 2]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4"]
+    for norms in (["gn"], ["bn", "gn", "ln"]):
+        ax = W.seeds_figure(chosen, "model.gn_groups", norms, 2).axes[0]
+        dots = [c for c in ax.collections if isinstance(c, PathCollection)]  # the error bars are collections too
+        assert len(ax.patches) == 3 * len(norms) and [len(c.get_offsets()) for c in dots] == [2] * 3 * len(norms)
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4"]
+        assert (ax.get_legend() is not None) == (len(norms) > 1)
 
 
 def test_cli_seeds_mode_counts_missing_options_and_rejects_bad_seeds(tmp_path):
@@ -138,3 +144,16 @@ def test_cli_seeds_mode_counts_missing_options_and_rejects_bad_seeds(tmp_path):
         assert r.returncode == 2 and "--seeds takes distinct seeds >= 0" in r.stderr, (bad, r.stderr)
     r = run("--seeds", "0", "--missing", "nokey")
     assert r.returncode == 2 and "--missing takes KEY=VALUE" in r.stderr
+    r = run("--seeds", "0,1,2", "--missing", "train.l1=0.0", "--norm", "bn,ln", "--out", str(out))
+    assert r.returncode == 0 and out.read_text().count("\n| ") == 7, r.stderr  # header + 3 values x 2 norms
+    for bad in ("bn,bn", "xn", "bn,"):
+        r = run("--seeds", "0,1,2", "--norm", bad)
+        assert r.returncode == 2 and "--norm takes one of bn, gn, ln" in r.stderr, (bad, r.stderr)
+
+
+def test_cli_without_seeds_takes_one_norm(tmp_path):
+    src = tmp_path / "exps.json"
+    src.write_text(json.dumps(show()))
+    r = subprocess.run([sys.executable, "-m", "scripts.sweep_table", "train.l1", "--norm", "bn,gn", "--json", str(src)],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "with --seeds, several" in r.stderr
