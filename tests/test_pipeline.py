@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from scripts.offline_plots import install as install_offline_plots
-from tests.conftest import copy_project
+from tests.conftest import ROOT, copy_project
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -101,6 +101,25 @@ def test_documented_l1_experiment_runs_only_train_bn(repo):
     assert "test_loss" in diff["metrics/train_bn.json"]
     sh(repo, "git", "checkout", "--", "params.yaml", "dvc.lock", "metrics", "plots")
     sh(repo, "dvc", "checkout", "-q")
+
+
+def test_documented_gn_groups_study_tabulates_real_experiments(repo):
+    # the README's study, two seeds and one more group count: only train_gn runs in each experiment
+    for groups, seed in ((2, 1), (4, 0), (4, 1)):
+        out = sh(repo, "dvc", "exp", "run", "train_gn", "-S", f"model.gn_groups={groups}", "-S", f"seed={seed}")
+        assert "Running stage 'train_gn'" in out and "Running stage 'train_bn'" not in out
+    sh(repo, "git", "checkout", "--", "params.yaml", "dvc.lock", "metrics", "plots")
+    sh(repo, "dvc", "checkout", "-q")
+    shutil.copytree(ROOT / "scripts", repo / "scripts")  # untracked, removed below: the script reads the repo's runs
+    out = sh(repo, sys.executable, "-m", "scripts.sweep_table", "model.gn_groups", "--norm", "gn", "--seeds", "0,1",
+             "--out", "gn_groups.md")
+    table = (repo / "gn_groups.md").read_text()
+    assert out.strip() == table.strip()
+    rows = [line for line in table.splitlines() if re.match(r"\| [24] \| gn \| 0, 1 \|", line)]
+    assert len(rows) == 2, table  # params.yaml's 2 groups (the committed run and seed 1) and the 4-group runs
+    assert re.search(r"\| [+-]\d+\.\d\d \([+-]\d+\.\d\d to [+-]\d+\.\d\d\) \|", rows[1]), rows[1]
+    (repo / "gn_groups.md").unlink()
+    shutil.rmtree(repo / "scripts")
 
 
 def test_gn_only_param_reruns_only_train_gn_and_downstream(repo):
