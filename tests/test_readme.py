@@ -33,7 +33,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_readme_study_tables_are_the_committed_ones():
-    for name in ("seeds.md", "batch_size.md", "l1_bn.md", "gn_groups.md", "epochs.md"):
+    for name in ("seeds.md", "batch_size.md", "l1_bn.md", "gn_groups.md", "epochs.md", "weight_std.md"):
         assert (ROOT / "metrics" / name).read_text().strip() in README, name
 
 
