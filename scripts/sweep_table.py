@@ -1,5 +1,5 @@
-"""One parameter varied around the committed recipe, for one norm: a table and test-accuracy curves, from DVC
-experiments. The L1 + BN study:
+"""One parameter varied around the committed recipe: a table and a figure from DVC experiments, for one norm and
+one run per value, or (--seeds) for one or more norms over several seeds. The L1 + BN study:
 
     dvc exp run train_bn -S train.l1=1e-5 && dvc exp run train_bn -S train.l1=1e-4
     python -m scripts.sweep_table train.l1 --norm bn --out metrics/l1_bn.md --png plots/l1_bn.png
@@ -9,15 +9,18 @@ the finished runs whose params equal the workspace's params.yaml except for the 
 reporting-only `norm`); per value of the key, the newest such run. Each run's per-epoch log is read from its
 git commit.
 
-With --seeds, each value is run on several seeds and the table gives mean ± std per value and the paired
-difference against params.yaml's own value (the same seed: the same initial weights and batches). The GN
-groups study:
+With --seeds, each value is run on several seeds and the table gives, per value and norm (--norm bn,gn,ln for
+several), mean ± std and the paired difference against params.yaml's own value (the same seed: the same initial
+weights and batches); the figure draws bars with one dot per seed. The GN groups study:
 
     dvc exp run --queue train_gn -S model.gn_groups=1,4,8,16 -S seed=0,1,2 && dvc queue start
     python -m scripts.sweep_table model.gn_groups --norm gn --seeds 0,1,2 --out metrics/gn_groups.md \
         --png plots/gn_groups.png --missing train.muon_warmup=0.1 --missing train.flip_only_last=0
 
-(params.yaml's value, 2 groups, comes from the seed runs; --missing as in scripts.seed_table.)
+(params.yaml's value, 2 groups, comes from the seed runs; --missing as in scripts.seed_table.) All three norms:
+
+    dvc exp run --queue -S train.epochs=5,10 -S seed=0,1,2 && dvc queue start
+    python -m scripts.sweep_table train.epochs --norm bn,gn,ln --seeds 0,1,2 ...
 """
 from __future__ import annotations
 
