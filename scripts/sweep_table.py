@@ -32,7 +32,7 @@ from typing import Callable
 
 import numpy as np
 
-from scripts.seed_table import (parse_missing, percent, runs_from_exp_show, spread, with_interval,
+from scripts.seed_table import (CONFIDENCE, parse_missing, percent, runs_from_exp_show, spread, with_interval,
                                 with_missing, without, workspace_params)
 from stages import paths
 from stages.io import write_text
@@ -113,7 +113,8 @@ def seeds_markdown(chosen: dict, key: str, norms: list[str], base_value) -> str:
     base = chosen.get(base_value, {})
     lines = [f"`{key}` varied, everything else as in params.yaml (`{key}: {base_value}`); ± is the sample "
              f"standard deviation over the seeds. Paired: the difference in points against {base_value} for the same "
-             f"norm and seed (the same initial weights and batches), its mean and 95 % interval (Student's t). "
+             f"norm and seed (the same initial weights and batches), its mean and {100 * CONFIDENCE:g} % interval "
+             f"(Student's t). "
              f"s / epoch: the runs' mean (it measures the host's speed too, which drifts during a day).", "",
              f"| `{key}` | norm | seeds | test accuracy | per seed | paired against {base_value} | train accuracy | "
              f"s / epoch |", "|---|---|---|---|---|---|---|---|"]
@@ -131,7 +132,7 @@ def seeds_markdown(chosen: dict, key: str, norms: list[str], base_value) -> str:
 
 
 def paired_cell(diffs: list[float]) -> str:
-    """"+0.12 (-0.30 to +0.54)": mean paired difference in points and its 95 % interval."""
+    """"+0.12 (-0.30 to +0.54)": mean paired difference in points and its CONFIDENCE interval."""
     d = with_interval(spread(diffs))
     lo, hi = d["ci"]
     return f"{100 * d['mean']:+.2f} ({100 * lo:+.2f} to {100 * hi:+.2f})"
