@@ -65,6 +65,7 @@ class TrainParams:
     momentum: float
     weight_decay: float
     muon_lr: float  # relative step of Muon's update of every conv filter (0: filters take SGD like the rest)
+    muon_stem: bool  # Muon also for the stem's filter, the one that reads the image (false: SGD for it)
     dirac_init: bool  # the 3x3 convs after the stem start as partial identities (model.dirac_init_)
     warmup: float  # fraction of the steps rising to lr (one_cycle)
     muon_warmup: float  # the same for Muon's filter rate (muon_lr > 0)

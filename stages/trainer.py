@@ -178,7 +178,8 @@ class OneCycleSGD:
     muon_lr times the one-cycle multiplier (with its own warm-up, cfg.muon_warmup), after the filter is
     rescaled to Frobenius norm sqrt(out channels). A norm follows every conv, so a filter's scale changes
     nothing and the fixed norm makes muon_lr the relative size of each step; for the same reason weight decay,
-    which only shrinks the scale, is not applied to filters. Norm scales/shifts and the linear classifier keep SGD.
+    which only shrinks the scale, is not applied to filters. Norm scales/shifts and the linear classifier keep SGD,
+    and so does the stem's filter when cfg.muon_stem is false (Muon's authors keep it for hidden layers).
     Why: orthogonalized updates move every direction of a filter at the same rate instead of mostly the
     dominant few; in 20-epoch runs of this net the training accuracy rose by about a point for every norm, and
     test accuracy over five seeds by +0.55 (GN), +0.49 (LN) and +0.03 (BN) points.
@@ -198,8 +199,10 @@ class OneCycleSGD:
         self.bufs = [torch.zeros_like(p) for p in self.params]  # 0 * momentum + grad: torch's first-step buffer
         self.lr = torch.zeros((), device=self.params[0].device)
         self.steps_done = 0
-        # Muon's filters (positions in self.params), grouped by matrix shape; SGD takes the others.
-        self.filters = [i for i, p in enumerate(self.params) if p.ndim == 4] if cfg.muon_lr > 0 else []
+        # Muon's filters (positions in self.params), grouped by matrix shape; SGD takes the others. The first
+        # filter is the stem's (the model registers it first): Muon's too only with cfg.muon_stem.
+        filters = [i for i, p in enumerate(self.params) if p.ndim == 4] if cfg.muon_lr > 0 else []
+        self.filters = filters if cfg.muon_stem else filters[1:]
         shapes: dict[tuple[int, int], list[int]] = {}
         for k, i in enumerate(self.filters):
             shapes.setdefault((len(self.params[i]), self.params[i][0].numel()), []).append(k)

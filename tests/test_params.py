@@ -79,6 +79,7 @@ def test_committed_params_are_valid():
     ("train.flip_only_last", 1.5, "train.flip_only_last"),
     ("train.bf16", "yes", "train.bf16"),
     ("train.dirac_init", 1, "train.dirac_init"),
+    ("train.muon_stem", "no", "train.muon_stem"),
     ("train.tta", "mirror", "train.tta"),
     ("train.tta", True, "train.tta"),
 ])

@@ -189,6 +189,26 @@ def test_muon_steps_filters_by_an_orthogonal_update_of_relative_size_muon_lr():
             assert torch.equal(p, plain_params[name]), name
 
 
+def test_without_muon_stem_the_stem_filter_takes_the_sgd_step_and_the_others_muons():
+    c = cfg(muon_lr=0.05, lr=0.1, warmup=0.0, momentum=0.9, weight_decay=1e-3, bf16=False)
+    data = blobs(16)
+    both, hidden_only, plain = small_model(), small_model(), small_model()
+    opts = [make_optimizer(both, c, 4), make_optimizer(hidden_only, dataclasses.replace(c, muon_stem=False), 4),
+            make_optimizer(plain, dataclasses.replace(c, muon_lr=0.0), 4)]
+    assert len(opts[0].filters) == 3 and opts[1].filters == opts[0].filters[1:]
+    for m, o in zip((both, hidden_only, plain), opts):
+        o.next_lr()
+        train_step(m, o, c, data.x.float(), data.y)
+    stem = [p for p in hidden_only.parameters() if p.ndim == 4][0]
+    assert stem is hidden_only.features[0][0].weight  # the first filter is the one that reads the image
+    filters = [[p for p in m.parameters() if p.ndim == 4] for m in (both, hidden_only, plain)]
+    assert torch.equal(filters[1][0], filters[2][0])  # the stem: exactly the SGD step (with weight decay)
+    assert not torch.equal(filters[1][0], filters[0][0])
+    # the hidden filters: Muon's step, at norm sqrt(out channels) before it, as with Muon for the stem
+    for f_hidden, f_both in zip(filters[1][1:], filters[0][1:]):
+        assert torch.allclose(f_hidden, f_both, atol=1e-6)
+
+
 def test_muon_rate_follows_its_own_warmup_and_the_sgd_rate_keeps_warmup():
     steps = 20
     opt = make_optimizer(small_model(), cfg(muon_lr=0.05, lr=0.1, warmup=0.3, muon_warmup=0.1), steps)
