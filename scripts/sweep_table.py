@@ -16,7 +16,7 @@ weights and batches); the figure draws bars with one dot per seed. The GN groups
     dvc exp run --queue train_gn -S model.gn_groups=1,4,8,16 -S seed=0,1,2 && dvc queue start
     python -m scripts.sweep_table model.gn_groups --norm gn --seeds 0,1,2 --out metrics/gn_groups.md \
         --png plots/gn_groups.png --missing train.muon_warmup=0.1 --missing train.flip_only_last=0 \
-            --missing train.muon_stem=true
+        --missing train.muon_stem=true
 
 (params.yaml's value, 2 groups, comes from the seed runs; --missing as in scripts.seed_table.) All three norms:
 
