@@ -33,8 +33,8 @@ from typing import Callable
 
 import numpy as np
 
-from scripts.seed_table import (CONFIDENCE, parse_missing, percent, runs_from_exp_show, spread, with_interval,
-                                with_missing, without, workspace_params)
+from scripts.seed_table import (CONFIDENCE, by_seed, parse_missing, percent, runs_from_exp_show, spread,
+                                summarize, with_interval, with_missing, without, workspace_params)
 from stages import paths
 from stages.io import write_text
 from stages.model import NORMS
@@ -96,12 +96,10 @@ def sweep_seeds(runs: list[dict], recipe: dict, key: str, seeds: list[int]) -> d
     """{value of key: {seed: newest run}} over `seeds`, among the runs equal to `recipe` in everything but the
     key and the seed."""
     base = without(without(recipe, key), "seed")
-    chosen: dict = {}
-    for run in sorted(runs, key=lambda r: r["timestamp"]):
-        value, seed = get(run["params"], key), run["params"].get("seed")
-        if without(without(run["params"], key), "seed") == base and value is not None and seed in seeds:
-            chosen.setdefault(value, {})[seed] = run
-    return {value: dict(sorted(chosen[value].items())) for value in sorted(chosen)}
+    matching = [run for run in runs if without(without(run["params"], key), "seed") == base
+                and get(run["params"], key) is not None and run["params"].get("seed") in seeds]
+    values = sorted({get(run["params"], key) for run in matching})
+    return {value: by_seed([run for run in matching if get(run["params"], key) == value]) for value in values}
 
 
 def acc(run: dict, norm: str, metric: str = "test_acc") -> float:
@@ -120,14 +118,14 @@ def seeds_markdown(chosen: dict, key: str, norms: list[str], base_value) -> str:
              f"| `{key}` | norm | seeds | test accuracy | per seed | paired against {base_value} | train accuracy | "
              f"s / epoch |", "|---|---|---|---|---|---|---|---|"]
     for value, runs in chosen.items():
-        shared = [s for s in runs if s in base]
+        shared, summary = [s for s in runs if s in base], summarize(runs)
         for norm in norms:
-            test = spread([acc(r, norm) for r in runs.values()])
+            test = summary[norm]["test_acc"]
             diff = "-" if value == base_value or len(shared) < 2 else paired_cell(
                 [acc(runs[s], norm) - acc(base[s], norm) for s in shared])
             lines.append(f"| {value} | {norm} | {', '.join(map(str, runs))} | {percent(test)} | "
                          f"{', '.join(f'{100 * v:.2f}' for v in test['values'])} | {diff} | "
-                         f"{percent(spread([acc(r, norm, 'train_acc') for r in runs.values()]))} | "
+                         f"{percent(summary[norm]['train_acc'])} | "
                          f"{spread([acc(r, norm, 'seconds_per_epoch') for r in runs.values()])['mean']:.1f} |")
     return "\n".join(lines) + "\n"
 
