@@ -12,6 +12,11 @@ Both train the params.yaml model on the first --images training images of data/p
 malloc to keep freed memory (trainer.keep_freed_memory), as the train stage does: every side runs with it.
 To show where the ratio comes from, the baseline's training steps are also timed alone: the same fp32 batch-64
 steps on images normalized in memory beforehand (no PIL, no workers), i.e. the baseline with a free loader.
+And to show how far it could go, our convolutions are timed alone: each conv of the model, forward and backward
+(input and weight gradients, as a training step computes them) on inputs of the shape, dtype and layout it sees
+in our step, under the same autocast and batch. With every other op (norms, GELU, pooling, loss, optimizer,
+augmentation) free, our step could take no less, so baseline time over that time bounds the speed-up from above
+for this model on this machine.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
@@ -31,7 +37,8 @@ from stages.checkpoint import model_config, new_model
 from stages.data import load_dataset
 from stages.params import load_params
 from stages.train import channel_stats, cpu_model
-from stages.trainer import Split, epoch_batches, keep_freed_memory, make_optimizer, precision_name, train_epoch
+from stages.trainer import (Split, autocast, epoch_batches, keep_freed_memory, make_optimizer, precision_name,
+                            train_epoch)
 
 
 class PilImages(Dataset):
@@ -101,6 +108,49 @@ def time_ours(params, config, x, y, mean, std) -> float:
     return bs * steps / (time.perf_counter() - t0)
 
 
+def conv_inputs(model: nn.Module, xb: torch.Tensor, bf16: bool) -> list[tuple[nn.Conv2d, torch.Tensor]]:
+    """Each conv of the model with a random stand-in for the input it sees in a training step: same shape, dtype,
+    memory layout and need for a gradient (the stem's image needs none). Found by one forward pass with hooks."""
+    seen = []
+
+    def record(conv, inputs, _out):
+        x = inputs[0]
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        stand_in = torch.randn(x.shape, device=x.device).to(x.dtype).contiguous(memory_format=fmt)
+        seen.append((conv, stand_in.requires_grad_(x.requires_grad)))
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with autocast(xb.device, bf16):
+            model(xb)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def conv_pass(convs: list[tuple[nn.Conv2d, torch.Tensor]], bf16: bool) -> None:
+    """Forward and backward of every conv once, each on its stand-in input: the convolutions of one step."""
+    for conv, x in convs:
+        with autocast(x.device, bf16):
+            out = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding)
+        wanted = [x, conv.weight] if x.requires_grad else [conv.weight]
+        torch.autograd.grad(out, wanted, torch.ones_like(out))
+
+
+def time_convs(params, config, x, mean, std) -> float:
+    """Our convolutions alone, as many steps as time_ours trains: images per second."""
+    model = new_model(config, mean, std).to(memory_format=torch.channels_last)
+    bs, steps = epoch_batches(len(x), params.train.batch_size)
+    xb = torch.from_numpy(x[:bs]).float().contiguous(memory_format=torch.channels_last)
+    convs = conv_inputs(model, xb, params.train.bf16)
+    conv_pass(convs, params.train.bf16)  # warm-up: oneDNN builds its kernels
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        conv_pass(convs, params.train.bf16)
+    return bs * steps / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=4096)
@@ -117,6 +167,7 @@ def main() -> None:
     base = time_baseline(config, x, y, mean, std)
     steps = time_baseline_steps(config, x, y, mean, std)
     ours = time_ours(params, config, x, y, mean, std)
+    convs = time_convs(params, config, x, mean, std)
     print(f"machine: {cpu_model()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}; norm {args.norm}, {args.images} images; "
           f"ours in {precision_name(torch.device('cpu'), params.train.bf16)}")
@@ -124,6 +175,8 @@ def main() -> None:
     print(f"  its steps alone:     {steps:8.0f} img/s  ({50_000 / steps:6.1f} s per 50k-image epoch; "
           f"the loader's share of the baseline: {1 - base / steps:.0%})")
     print(f"this pipeline:         {ours:8.0f} img/s  ({50_000 / ours:6.1f} s per 50k-image epoch)")
+    print(f"  its convolutions alone: {convs:5.0f} img/s  ({50_000 / convs:6.1f} s per 50k-image epoch; "
+          f"the speed-up if every other op were free: {convs / base:.1f}x)")
     print(f"speed-up: {ours / base:.1f}x (over the baseline's steps alone: {ours / steps:.1f}x)")
 
 
