@@ -115,9 +115,8 @@ def conv_inputs(model: nn.Module, xb: torch.Tensor, bf16: bool) -> list[tuple[nn
 
     def record(conv, inputs, _out):
         x = inputs[0]
-        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        stand_in = torch.randn(x.shape, device=x.device).to(x.dtype).contiguous(memory_format=fmt)
-        seen.append((conv, stand_in.requires_grad_(x.requires_grad)))
+        # randn_like keeps x's shape, dtype, device and strides (so its channels_last layout)
+        seen.append((conv, torch.randn_like(x).requires_grad_(x.requires_grad)))
 
     hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.Conv2d)]
     try:
